@@ -1,0 +1,93 @@
+"""The small interface every framework implements; the training engine sees only this.
+
+A framework is an `nn.Module` holding its networks. It is built from a typed
+config (a dataclass), names its presets (`paper`: reference hyper-parameters,
+`tiny`: seconds on a CPU), owns its optimisers, and runs one training step
+through a `StepContext` that the engine provides (mixed precision, gradient
+all-reduce across ranks, clipping, non-finite guard, grad-norm logging).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import nn
+
+
+class StepContext(Protocol):
+    """What the engine hands a framework for one optimisation step."""
+
+    step: int  # global optimisation step, 0-based
+    total_steps: int
+    epoch: float  # fractional epoch (step / steps_per_epoch)
+    device: torch.device
+
+    def autocast(self):  # context manager: bf16/fp16 where enabled, else no-op
+        ...
+
+    def backward(self, loss: torch.Tensor) -> None:  # scaled backward
+        ...
+
+    def optimizer_step(self, name: str) -> None:
+        """All-reduce grads of optimiser `name` across ranks, unscale, clip, guard, step, zero."""
+        ...
+
+
+class Framework(nn.Module, abc.ABC):
+    """Base class of the six frameworks (see models.md §3 of the reference notes)."""
+
+    name: ClassVar[str]
+    family: ClassVar[str]  # "gan" or "dm"
+    config_class: ClassVar[type]
+
+    def __init__(self, config: Any):
+        super().__init__()
+        self.config = config
+
+    # -- construction -------------------------------------------------
+    @classmethod
+    @abc.abstractmethod
+    def presets(cls) -> dict[str, Any]:
+        """Named configs; must contain 'paper' and 'tiny'."""
+
+    @classmethod
+    def preset(cls, name: str) -> Any:
+        from her2core.errors import UserError
+
+        presets = cls.presets()
+        if name not in presets:
+            raise UserError(f"{cls.name}: unknown preset '{name}'; choose one of {', '.join(presets)}")
+        return presets[name]
+
+    @abc.abstractmethod
+    def networks(self) -> dict[str, nn.Module]:
+        """Named networks, for parameter counts and checkpoints (EMA copies excluded)."""
+
+    def ema_networks(self) -> dict[str, nn.Module]:
+        """EMA shadows used for inference, keyed like `networks()`; empty if none."""
+        return {}
+
+    # -- training -----------------------------------------------------
+    @abc.abstractmethod
+    def make_optimizers(self, total_steps: int, steps_per_epoch: int) -> dict[str, tuple]:
+        """{name: (optimizer, scheduler or None)}; schedulers are stepped once per step."""
+
+    @abc.abstractmethod
+    def training_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
+        """One step on a batch {'he': (N,3,H,W) in [-1,1], 'ihc': ..., 'her2_score': (N,) long}.
+
+        Returns scalar logs (losses). Must call ctx.backward / ctx.optimizer_step.
+        """
+
+    # -- inference ----------------------------------------------------
+    @abc.abstractmethod
+    @torch.no_grad()
+    def translate(self, he: torch.Tensor, *, steps: int | None = None,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+        """H&E (N,3,H,W) in [-1,1] -> virtual HER2 in [-1,1]; eval mode, EMA weights if any."""
+
+    def parameter_counts(self) -> dict[str, int]:
+        return {k: sum(p.numel() for p in m.parameters() if p.requires_grad)
+                for k, m in self.networks().items()}

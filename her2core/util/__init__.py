@@ -1,0 +1,1 @@
+"""Small shared helpers: atomic writes, typed configs as JSON, progress."""
