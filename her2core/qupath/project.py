@@ -1,0 +1,582 @@
+"""QuPath 0.6 projects written without QuPath: project.qpproj, classes, sidecar annotations.
+
+Why plain JSON: QuPath's project file is JSON that QuPath reads lazily, so her2 can add the
+H&E slide, the registered real HER2 (an ``affine`` server entry wrapping the HER2 slide —
+no resampled copy needed) and the virtual HER2 without a JVM. Annotations cannot be written
+into ``data/<entryID>/data.qpdata`` (Java serialization); they go to a sidecar GeoJSON per
+image, imported by the Groovy script this module writes into the project's ``scripts/``.
+
+Layout written inside the project folder::
+
+    project.qpproj                  the image list (existing entries are never dropped)
+    classifiers/classes.json        the class list, merged with what is there
+    her2/annotations/<entryID>.geojson   sidecar GeoJSON per image, level-0 (x, y) of that entry
+    scripts/her2_import_annotations.groovy  QuPath: Automate > Project scripts; or
+                                   QuPath script -p project.qpproj -s scripts/her2_import_annotations.groovy
+    project.qpproj.her2-backup-<time>   copy of the previous project file, before every change
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from her2core.errors import UserError
+from her2core.qupath.geojson import (
+    Feature,
+    list_to_packed_rgb,
+    packed_rgb_to_list,
+    read_features,
+    write_features,
+)
+from her2core.util.atomic import write_json, write_text
+
+QUPATH_VERSION = "0.6.0"
+PROJECT_FILE = "project.qpproj"
+CLASSES_FILE = Path("classifiers") / "classes.json"
+SIDECAR_DIR = Path("her2") / "annotations"
+IMPORT_SCRIPT = Path("scripts") / "her2_import_annotations.groovy"
+# Bio-Formats reads OME-TIFF, SVS, NDPI, … in QuPath 0.6; QuPath falls back to other readers.
+BIOFORMATS = "qupath.lib.images.servers.bioformats.BioFormatsServerBuilder"
+# Entry metadata keys (QuPath shows them in the project's image list; scripts read them).
+META_ROLE = "her2.role"
+META_IMAGE_TYPE = "her2.image_type"
+META_SIDECAR = "her2.sidecar"
+META_PAIR = "her2.pair"
+IMAGE_TYPES = ("BRIGHTFIELD_H_E", "BRIGHTFIELD_H_DAB", "BRIGHTFIELD_OTHER", "FLUORESCENCE", "OTHER")
+
+
+@dataclass
+class ImageRequest:
+    """One image to put into a project.
+
+    `transform_xy` (3×3, HER2 level-0 (x, y) -> H&E level-0 (x, y)) turns the entry into an
+    ``affine`` server wrapping `path`: QuPath then shows the HER2 slide in the H&E slide's
+    pixel grid. `rois` are level-0 (x, y) features of the *entry* (for an affine entry: H&E
+    space) and go into the entry's sidecar GeoJSON.
+    """
+
+    path: Path
+    name: str | None = None
+    image_type: str = "BRIGHTFIELD_H_E"
+    role: str = "image"
+    transform_xy: np.ndarray | None = None
+    rois: Sequence[Feature] | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    description: str | None = None
+    pair_with: int | None = None   # index (in the same request list) of the partner image
+
+
+@dataclass
+class ProjectResult:
+    project_dir: Path
+    entries: list[dict]            # the entries added or updated, in request order
+    backup: Path | None            # the previous project.qpproj copy (None for a new project)
+    sidecars: dict[int, Path]      # entryID -> sidecar GeoJSON written
+    import_script: Path
+    groovy_lines: dict[int, str]   # entryID -> one Groovy line importing its sidecar
+
+
+# ----------------------------------------------------------------------------- URIs and builders
+
+
+def path_to_uri(path: str | Path) -> str:
+    """Absolute file URI the way Java's File.toURI writes it (``file:/abs/path``)."""
+    p = Path(path).expanduser().resolve()
+    return "file:" + urllib.request.pathname2url(str(p))
+
+
+def uri_to_path(uri: str) -> Path:
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme not in ("file", ""):
+        raise UserError(f"{uri}: not a local file URI; her2 reads local slides only")
+    return Path(urllib.request.url2pathname(parsed.path))
+
+
+def uri_builder(path: str | Path, *, provider: str = BIOFORMATS, series: int = 0) -> dict:
+    """serverBuilder of ``builderType`` ``uri`` (QuPath's DefaultImageServerBuilder)."""
+    return {"builderType": "uri", "providerClassName": provider, "uri": path_to_uri(path),
+            "args": ["--series", str(int(series))]}
+
+
+def affine_builder(wrapped: dict, matrix_xy) -> dict:
+    """serverBuilder of ``builderType`` ``affine`` wrapping another builder.
+
+    QuPath's AffineTransformImageServer shows wrapped pixel (x, y) at ``T @ (x, y, 1)`` — the
+    same direction as the registration (HER2 -> H&E). The transform is stored as Java's
+    ``AffineTransform`` fields by name (QuPath's GsonTools AffineTransformProxy):
+    m00 m01 m02 / m10 m11 m12 are the rows of the 2×3 matrix.
+    """
+    m = _as_affine(matrix_xy, "transform")
+    return {
+        "builderType": "affine",
+        "builder": copy.deepcopy(wrapped),
+        "transform": {"m00": m[0, 0], "m10": m[1, 0], "m01": m[0, 1],
+                      "m11": m[1, 1], "m02": m[0, 2], "m12": m[1, 2]},
+    }
+
+
+def builder_matrix(builder: dict) -> np.ndarray:
+    """3×3 (x, y) matrix of an ``affine`` serverBuilder (identity for ``uri``); nested affines compose."""
+    kind = builder.get("builderType")
+    if kind == "affine":
+        t = builder.get("transform")
+        if isinstance(t, dict):
+            m = np.array([[t["m00"], t["m01"], t["m02"]], [t["m10"], t["m11"], t["m12"]], [0, 0, 1]],
+                         dtype=float)
+        elif isinstance(t, list) and len(t) == 6:  # java getMatrix() order, if ever written as an array
+            m = np.array([[t[0], t[2], t[4]], [t[1], t[3], t[5]], [0, 0, 1]], dtype=float)
+        else:
+            raise UserError(f"affine serverBuilder has an unreadable transform: {t!r}")
+        return m @ builder_matrix(builder.get("builder") or {})
+    return np.eye(3)
+
+
+def builder_uri(builder: dict) -> str | None:
+    """The file URI at the bottom of a (possibly wrapped) serverBuilder."""
+    if "uri" in builder:
+        return builder["uri"]
+    inner = builder.get("builder") or builder.get("server")
+    return builder_uri(inner) if isinstance(inner, dict) else None
+
+
+def _as_affine(matrix, what: str) -> np.ndarray:
+    m = np.asarray(matrix, dtype=float)
+    if m.shape == (2, 3):
+        m = np.vstack([m, [0.0, 0.0, 1.0]])
+    if m.shape != (3, 3) or not np.all(np.isfinite(m)) or not np.allclose(m[2], [0, 0, 1]):
+        raise UserError(f"{what}: expected a finite 3×3 affine (last row 0 0 1), got {m.tolist()}")
+    if abs(np.linalg.det(m[:2, :2])) < 1e-12:
+        raise UserError(f"{what}: the affine is not invertible; check the registration")
+    return m
+
+
+# ----------------------------------------------------------------------------- registration file
+
+_MATRIX_KEYS = ("matrix", "matrix_xy", "affine", "transform", "her2_to_he", "M")
+_HER2_KEYS = ("her2_path", "her2", "her2_slide", "moving", "moving_slide", "moving_path")
+_HE_KEYS = ("he_path", "he", "he_slide", "fixed", "fixed_slide", "fixed_path")
+
+
+@dataclass
+class Registration:
+    matrix_xy: np.ndarray       # HER2 level-0 (x, y) -> H&E level-0 (x, y)
+    her2_slide: Path | None
+    he_slide: Path | None
+    source: Path
+    has_field: bool = False     # a local displacement field refines the affine (QuPath shows only the affine)
+
+
+def load_registration(path: str | Path) -> Registration:
+    """Read a registration transform.json (`her2 register`): the 3×3 matrix and slide paths.
+
+    Accepts the matrix under any of the keys ``matrix``, ``matrix_xy``, ``affine``,
+    ``transform``, ``her2_to_he`` (3×3 or 2×3, rows), or a bare 3×3 list; slide paths at the
+    top level or under ``info`` (``her2_path``/``he_path``, as `her2 register` writes them).
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: transform file not found; run `her2 register` first") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: not a readable transform.json ({exc})") from None
+    raw = data
+    if isinstance(data, dict):
+        raw = next((data[k] for k in _MATRIX_KEYS if k in data), None)
+        if isinstance(raw, dict):
+            raw = next((raw[k] for k in _MATRIX_KEYS if k in raw), None)
+    if raw is None:
+        raise UserError(f"{path}: no 3×3 matrix found (looked for keys {', '.join(_MATRIX_KEYS)})")
+    try:
+        m = _as_affine(raw, str(path))
+    except (TypeError, ValueError):
+        raise UserError(f"{path}: the transform matrix is not numeric") from None
+
+    def slide(keys):
+        if not isinstance(data, dict):
+            return None
+        info = data.get("info") if isinstance(data.get("info"), dict) else {}
+        for where in (data, info):
+            for k in keys:
+                v = where.get(k)
+                if isinstance(v, dict):
+                    v = v.get("path")
+                if isinstance(v, str) and v:
+                    p = Path(v)
+                    return p if p.is_absolute() else (path.parent / p)
+        return None
+
+    has_field = isinstance(data, dict) and bool(data.get("field"))
+    return Registration(m, slide(_HER2_KEYS), slide(_HE_KEYS), path, has_field)
+
+
+# ----------------------------------------------------------------------------- project files
+
+
+def new_project(project_dir: str | Path) -> dict:
+    now = _now_ms()
+    return {"version": QUPATH_VERSION, "createTimestamp": now, "modifyTimestamp": now,
+            "uri": path_to_uri(Path(project_dir) / PROJECT_FILE), "lastID": 0, "images": []}
+
+
+def project_file(project: str | Path) -> Path:
+    p = Path(project)
+    return p if p.suffix == ".qpproj" else p / PROJECT_FILE
+
+
+def load_project(project: str | Path) -> dict:
+    """The parsed project.qpproj of a project folder (or the file itself)."""
+    f = project_file(project)
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{f}: no QuPath project here; create one with `her2 qupath project --out DIR`") \
+            from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{f}: not a readable QuPath project file ({exc}); restore it from "
+                        "project.qpproj.backup") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images", []), list):
+        raise UserError(f"{f}: not a QuPath project (no 'images' list)")
+    data.setdefault("images", [])
+    return data
+
+
+def entry_id(entry: dict) -> int:
+    return int(entry["entryID"])
+
+
+def entry_path(entry: dict) -> Path | None:
+    uri = builder_uri(entry.get("serverBuilder") or {})
+    return uri_to_path(uri) if uri else None
+
+
+def find_entry(project: dict, key: str | int) -> dict:
+    """An entry by entryID, image name, or slide file name; UserError listing the choices."""
+    for e in project["images"]:
+        if str(e.get("entryID")) == str(key) or e.get("imageName") == key:
+            return e
+    for e in project["images"]:
+        p = entry_path(e)
+        if p is not None and p.name == str(key):
+            return e
+    names = ", ".join(f"{e.get('entryID')}={e.get('imageName')!r}" for e in project["images"])
+    raise UserError(f"no image {key!r} in the project; choose one of: {names or '(none)'}")
+
+
+def sidecar_path(project_dir: str | Path, entry: dict | int) -> Path:
+    eid = entry if isinstance(entry, int) else entry_id(entry)
+    return Path(project_dir) / SIDECAR_DIR / f"{eid}.geojson"
+
+
+def groovy_import_line(project_dir: str | Path, entry: dict | int) -> str:
+    """One Groovy line that imports an entry's sidecar (run it with that image open)."""
+    eid = entry if isinstance(entry, int) else entry_id(entry)
+    parts = ", ".join(f"'{p}'" for p in (*SIDECAR_DIR.parts, f"{eid}.geojson"))
+    return f"importObjectsFromFile(buildFilePath(PROJECT_BASE_DIR, {parts}))"
+
+
+def save_project(project_dir: str | Path, data: dict, *, previous: dict | None = None) -> Path | None:
+    """Write project.qpproj atomically after backing up the current one.
+
+    Refuses (RuntimeError: a bug, not a user error) to write a project that lost an entry of
+    `previous`. Returns the backup path (None when there was no project file yet).
+    """
+    project_dir = Path(project_dir)
+    f = project_dir / PROJECT_FILE
+    if previous is not None:
+        old_ids = {entry_id(e) for e in previous.get("images", [])}
+        new_ids = {entry_id(e) for e in data.get("images", [])}
+        lost = old_ids - new_ids
+        if lost:
+            raise RuntimeError(f"refusing to write {f}: entries {sorted(lost)} would be lost")
+    backup = _backup(f)
+    data["modifyTimestamp"] = _now_ms()
+    data["lastID"] = max([int(data.get("lastID", 0))] + [entry_id(e) for e in data["images"]])
+    write_text(f, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    return backup
+
+
+def _backup(f: Path) -> Path | None:
+    if not f.exists():
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    b = f.with_name(f"{f.name}.her2-backup-{stamp}")
+    n = 1
+    while b.exists():
+        b = f.with_name(f"{f.name}.her2-backup-{stamp}-{n}")
+        n += 1
+    shutil.copy2(f, b)
+    return b
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def read_classes(project_dir: str | Path) -> list[dict]:
+    """classifiers/classes.json as [{'name', 'color': [r, g, b]}] (empty when absent)."""
+    f = Path(project_dir) / CLASSES_FILE
+    if not f.exists():
+        return []
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{f}: unreadable QuPath class list ({exc})") from None
+    out = []
+    for c in data.get("pathClasses", []):
+        color = c.get("color")
+        out.append({"name": c.get("name"),
+                    "color": packed_rgb_to_list(color) if isinstance(color, int) else color})
+    return out
+
+
+def write_classes(project_dir: str | Path, classes: Sequence[dict]) -> Path:
+    """Merge classes ({'name', 'color': [r, g, b]}) into classifiers/classes.json (backed up)."""
+    f = Path(project_dir) / CLASSES_FILE
+    raw: dict = {"pathClasses": []}
+    if f.exists():
+        try:
+            raw = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UserError(f"{f}: unreadable QuPath class list ({exc})") from None
+        raw.setdefault("pathClasses", [])
+    known = {c.get("name") for c in raw["pathClasses"]}
+    added = False
+    for c in classes:
+        if c.get("name") and c["name"] not in known:
+            raw["pathClasses"].append({"name": c["name"],
+                                       "color": list_to_packed_rgb(c.get("color") or [128, 128, 128])})
+            known.add(c["name"])
+            added = True
+    if added or not f.exists():
+        _backup(f)
+        write_json(f, raw)
+    return f
+
+
+def _classes_of(features: Sequence[Feature]) -> list[dict]:
+    seen: dict[str, dict] = {}
+    for f in features:
+        c = f.classification
+        if c and c.get("name") and c["name"] not in seen:
+            seen[c["name"]] = {"name": c["name"], "color": c.get("color")}
+    return list(seen.values())
+
+
+def _builder_key(builder: dict) -> str:
+    """Identity of an image source (ignoring cached server metadata), to avoid duplicates."""
+    def strip(b):
+        b = {k: v for k, v in b.items() if k != "metadata"}
+        if isinstance(b.get("builder"), dict):
+            b["builder"] = strip(b["builder"])
+        if isinstance(b.get("transform"), dict):
+            b["transform"] = {k: round(float(v), 9) for k, v in b["transform"].items()}
+        return b
+    return json.dumps(strip(builder), sort_keys=True)
+
+
+def add_images(project_dir: str | Path, images: Sequence[ImageRequest], *,
+               classes: Sequence[dict] = ()) -> ProjectResult:
+    """Create or extend a QuPath project with `images`; write sidecars, classes and the import script.
+
+    An image whose source (uri + transform) is already in the project keeps its entry (its
+    sidecar is replaced when new ROIs are given). Existing entries are never removed; the
+    previous project.qpproj is backed up first. data.qpdata is never written.
+    """
+    project_dir = Path(project_dir)
+    if project_dir.suffix == ".qpproj":
+        project_dir = project_dir.parent
+    if project_dir.exists() and not project_dir.is_dir():
+        raise UserError(f"{project_dir}: exists and is not a folder; choose a project folder")
+    f = project_dir / PROJECT_FILE
+    if f.exists():
+        data = load_project(project_dir)
+        previous = copy.deepcopy(data)
+    else:
+        busy = project_dir.exists() and any(not p.name.startswith(".") for p in project_dir.iterdir())
+        if busy and not (project_dir / SIDECAR_DIR).exists() and not (project_dir / "classifiers").exists():
+            raise UserError(f"{project_dir}: folder is not empty and has no {PROJECT_FILE}; "
+                            "choose an empty or new folder for the QuPath project")
+        data = new_project(project_dir)
+        previous = None
+
+    by_key = {_builder_key(e.get("serverBuilder", {})): e for e in data["images"]}
+    next_id = max([int(data.get("lastID", 0))] + [entry_id(e) for e in data["images"]]) + 1
+    touched: list[dict] = []
+    sidecars: dict[int, Path] = {}
+    all_classes = list(classes)
+    for req in images:
+        src = Path(req.path)
+        if not src.exists():
+            raise UserError(f"{src}: slide not found; give an existing image file")
+        if req.image_type not in IMAGE_TYPES:
+            raise UserError(f"{src}: image type {req.image_type!r} unknown; use one of {IMAGE_TYPES}")
+        builder = uri_builder(src)
+        if req.transform_xy is not None:
+            builder = affine_builder(builder, req.transform_xy)
+        key = _builder_key(builder)
+        entry = by_key.get(key)
+        if entry is None:
+            entry = {"serverBuilder": builder, "entryID": next_id,
+                     "randomizedName": str(uuid.uuid4()),
+                     "imageName": req.name or _default_name(src, req.transform_xy is not None),
+                     "metadata": {}}
+            next_id += 1
+            data["images"].append(entry)
+            by_key[key] = entry
+        elif req.name:
+            entry["imageName"] = req.name
+        md = entry.setdefault("metadata", {})
+        md.update({str(k): str(v) for k, v in req.metadata.items()})
+        md[META_ROLE] = req.role
+        md[META_IMAGE_TYPE] = req.image_type
+        if req.description is not None:
+            entry["description"] = req.description
+        if req.rois is not None:
+            feats = list(req.rois)
+            sc = sidecar_path(project_dir, entry)
+            write_features(sc, [_mark_sidecar(ft) for ft in feats])
+            sidecars[entry_id(entry)] = sc
+            md[META_SIDECAR] = sc.relative_to(project_dir).as_posix()
+            all_classes.extend(_classes_of(feats))
+        touched.append(entry)
+
+    for req, entry in zip(images, touched):  # link pairs both ways (export_tiles.groovy reads it)
+        if req.pair_with is not None:
+            if not 0 <= req.pair_with < len(touched):
+                raise UserError(f"{req.path}: pair_with={req.pair_with} is not an image of this request")
+            other = touched[req.pair_with]
+            entry["metadata"][META_PAIR] = str(entry_id(other))
+            other.setdefault("metadata", {})[META_PAIR] = str(entry_id(entry))
+
+    project_dir.mkdir(parents=True, exist_ok=True)
+    backup = save_project(project_dir, data, previous=previous)
+    write_classes(project_dir, all_classes)
+    script = write_import_script(project_dir)
+    lines = {entry_id(e): groovy_import_line(project_dir, e) for e in touched
+             if (project_dir / SIDECAR_DIR / f"{entry_id(e)}.geojson").exists()}
+    return ProjectResult(project_dir, touched, backup, sidecars, script, lines)
+
+
+def _default_name(src: Path, registered: bool) -> str:
+    return f"{src.name} (registered)" if registered else src.name
+
+
+def _mark_sidecar(f: Feature) -> Feature:
+    """Tag features so the import script can replace, not duplicate, them on a re-run."""
+    g = copy.copy(f)
+    g.metadata = {**f.metadata, META_SIDECAR: "1"}
+    return g
+
+
+def write_sidecar(project_dir: str | Path, entry: dict, features: Sequence[Feature]) -> Path:
+    """Replace an entry's sidecar GeoJSON (used by `her2 qupath import`); classes merged too."""
+    sc = sidecar_path(project_dir, entry)
+    write_features(sc, [_mark_sidecar(f) for f in features])
+    write_classes(project_dir, _classes_of(features))
+    write_import_script(project_dir)
+    return sc
+
+
+def read_sidecar(project_dir: str | Path, entry: dict) -> list[Feature] | None:
+    sc = sidecar_path(project_dir, entry)
+    return read_features(sc) if sc.exists() else None
+
+
+# ----------------------------------------------------------------------------- Groovy import script
+
+_IMPORT_SCRIPT = """\
+/**
+ * her2: import the sidecar annotations her2 wrote for each image of this project.
+ * Written by `her2 qupath project|import`; safe to re-run (replaces what it imported before).
+ *
+ * GUI:          Automate > Project scripts > her2_import_annotations, then
+ *               Run > Run for project (or Run for the open image).
+ * Command line: QuPath script -p PROJECT/project.qpproj -s PROJECT/scripts/her2_import_annotations.groovy
+ *               (-s / --save keeps the imported objects; without it nothing is saved)
+ * Reads         PROJECT/her2/annotations/<entryID>.geojson  (level-0 (x, y) pixels of that image)
+ * Writes        PROJECT/her2/status/import/<entryID>.json   ({"ok": true|false, ...}) so a batch
+ *               run can be checked: `her2 qupath check --project PROJECT --step import`.
+ */
+import qupath.lib.images.ImageData
+import qupath.lib.io.PathIO
+
+def entry = getProjectEntry()
+def eid = entry.getID()
+def statusDir = new File(buildFilePath(PROJECT_BASE_DIR, 'her2', 'status', 'import'))
+statusDir.mkdirs()
+def statusFile = new File(statusDir, eid + '.json')
+def writeStatus = { boolean ok, String message, int n ->
+    statusFile.text = groovy.json.JsonOutput.toJson([ok: ok, entryID: eid, image: entry.getImageName(),
+                                                     objects: n, message: message]) + '\\n'
+}
+
+try {
+    // Image type recorded by her2 (QuPath 0.6 keeps it in data.qpdata, which her2 cannot write)
+    def wanted = entry.getMetadataValue('her2.image_type')
+    def imageData = getCurrentImageData()
+    if (wanted && imageData.getImageType() == ImageData.ImageType.UNSET)
+        setImageType(wanted)
+
+    def f = new File(buildFilePath(PROJECT_BASE_DIR, 'her2', 'annotations', eid + '.geojson'))
+    if (!f.exists()) {
+        writeStatus(true, 'no sidecar for this image', 0)
+        return
+    }
+    // Remove what an earlier run imported (tagged with metadata her2.sidecar = 1)
+    def old = getAllObjects().findAll { o ->
+        try { return o.getMetadata()?.get('her2.sidecar') == '1' } catch (ignored) { return false }
+    }
+    if (!old.isEmpty())
+        removeObjects(old, true)
+    def objects = PathIO.readObjects(f)
+    addObjects(objects)
+    fireHierarchyUpdate()
+    writeStatus(true, 'imported ' + f.getName(), objects.size())
+    println "her2: imported ${objects.size()} objects into ${entry.getImageName()}"
+} catch (Throwable t) {
+    writeStatus(false, String.valueOf(t), 0)
+    throw t
+}
+"""
+
+
+def write_import_script(project_dir: str | Path) -> Path:
+    """The project script that imports every sidecar (QuPath lists project scripts in Automate)."""
+    p = Path(project_dir) / IMPORT_SCRIPT
+    if not p.exists() or p.read_text(encoding="utf-8") != _IMPORT_SCRIPT:
+        write_text(p, _IMPORT_SCRIPT)
+    return p
+
+
+def import_script_text() -> str:
+    return _IMPORT_SCRIPT
+
+
+# ----------------------------------------------------------------------------- status files
+
+
+def read_status(project_dir: str | Path, step: str) -> dict[int, dict]:
+    """entryID -> status dict written by the her2 Groovy scripts for `step`."""
+    d = Path(project_dir) / "her2" / "status" / step
+    out: dict[int, dict] = {}
+    if not d.is_dir():
+        return out
+    for f in sorted(d.glob("*.json")):
+        try:
+            s = json.loads(f.read_text(encoding="utf-8"))
+            out[int(f.stem)] = s
+        except (ValueError, OSError) as exc:
+            out[int(f.stem) if f.stem.isdigit() else -1] = {"ok": False, "message": f"unreadable: {exc}"}
+    return out
