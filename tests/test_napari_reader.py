@@ -1,0 +1,118 @@
+"""The slide reader: lazy multiscale layers in microns, her2core folders as aligned layers, and a
+20k x 20k slide that opens without reading its full-resolution level."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+
+from her2core.slide import write_pyramid
+from napari_her2stain._reader import napari_get_reader
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """A `her2 sample`-style case folder: he.ome.tif, her2.ome.tif at another mpp, truth.json."""
+    root = tmp_path_factory.mktemp("case")
+    rng = np.random.default_rng(1)
+    he = rng.integers(0, 256, (1100, 700, 3), dtype=np.uint8)
+    her2 = rng.integers(0, 256, (550, 350, 3), dtype=np.uint8)
+    write_pyramid(root / "he.ome.tif", he, mpp=0.25, tile=256, min_size=256, origin_xy=(40, 80))
+    write_pyramid(root / "her2.ome.tif", her2, mpp=0.5, tile=256, min_size=256, origin_xy=(20, 40))
+    (root / "truth.json").write_text("{}")
+    return root, he, her2
+
+
+def test_slide_layer_is_lazy_multiscale_in_microns(pair):
+    root, he, _ = pair
+    reader = napari_get_reader(str(root / "he.ome.tif"))
+    assert reader is not None
+    (data, kw, kind) = reader(str(root / "he.ome.tif"))[0]
+    assert kind == "image" and kw["rgb"] and kw["multiscale"]
+    assert [d.shape[:2] for d in data] == [(1100, 700), (550, 350), (275, 175), (138, 88)]
+    assert type(data[0]).__name__ == "Array"  # dask: nothing read yet
+    assert kw["scale"] == (0.25, 0.25)
+    assert kw["translate"] == (80 * 0.25, 40 * 0.25)  # origin_xy (x, y) px -> (row, col) µm
+    assert kw["metadata"]["her2stain"]["role"] == "he"
+    np.testing.assert_array_equal(np.asarray(data[0][300:340, 100:170]), he[300:340, 100:170])
+    assert napari_get_reader(str(root / "truth.json")) is None
+    assert napari_get_reader(str(root / "nothing.png")) is None
+
+
+def test_case_folder_opens_aligned_layers(make_napari_viewer, pair):
+    root, _he, _her2 = pair
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(root), plugin="napari-her2stain")
+    roles = [ly.metadata["her2stain"]["role"] for ly in layers]
+    assert roles == ["he", "her2"]
+    he_l, her2_l = layers
+    # same physical extent although the HER2 has half the pixels: layers line up in µm
+    he_ext = he_l.extent.world
+    her2_ext = her2_l.extent.world
+    np.testing.assert_allclose(he_ext[1] - he_ext[0], her2_ext[1] - her2_ext[0], atol=1.0)
+    np.testing.assert_allclose(he_l.translate, her2_l.translate)
+    assert her2_l.opacity == pytest.approx(0.5)
+
+
+@pytest.fixture(scope="module")
+def big_slide(tmp_path_factory):
+    """20480 x 20480 RGB OME-TIFF pyramid (1.2 GB if it were ever read), written in a second.
+
+    One constant tile repeated: every level is tiled and zstd-compressed, so the file
+    is small while the reader sees a real 20k x 20k slide with 6 levels.
+    """
+    import tifffile
+
+    path = tmp_path_factory.mktemp("big") / "big.ome.tif"
+    tile = 512
+    block = np.broadcast_to(np.array([230, 190, 215], np.uint8), (tile, tile, 3)).copy()
+    sizes = [20480 // 2**i for i in range(6)]
+    with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
+        for i, s in enumerate(sizes):
+            kw = ({"subifds": len(sizes) - 1,
+                       "metadata": {"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5}}
+                  if i == 0 else {"subfiletype": 1, "metadata": None})
+            n_tiles = ((s + tile - 1) // tile) ** 2
+            tif.write((block for _ in range(n_tiles)), shape=(s, s, 3), dtype=np.uint8,
+                      tile=(tile, tile), photometric="rgb", compression="zstd", **kw)
+    return path
+
+
+def test_huge_slide_opens_without_reading_full_resolution(make_napari_viewer, big_slide, monkeypatch):
+    from qtpy.QtWidgets import QApplication
+    from tifffile import zarr as tiff_zarr
+
+    reads = []
+    original = tiff_zarr.ZarrTiffStore.get
+
+    async def counting_get(self, key, *args, **kwargs):
+        if not key.endswith("json"):
+            reads.append(tuple(self._data[0].shape[:2]))  # which level the chunk belongs to
+        return await original(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(tiff_zarr.ZarrTiffStore, "get", counting_get)
+    viewer = make_napari_viewer(show=True)
+    (layer,) = viewer.open(str(big_slide), plugin="napari-her2stain")
+    QApplication.processEvents()
+    assert layer.data[0].shape == (20480, 20480, 3)
+    full_tiles = (20480 // 512) ** 2
+    level0 = Counter(reads)[(20480, 20480)]
+    assert level0 <= 4, f"opening read {level0} of {full_tiles} full-resolution tiles"
+    assert layer.data_level > 0  # the overview is drawn from a low level
+
+    # zoom into a 0.2 mm field: only the tiles under the view are read at full resolution
+    reads.clear()
+    viewer.camera.center = (1000.0, 1000.0)
+    viewer.camera.zoom = 4
+    for _ in range(5):
+        QApplication.processEvents()
+    assert layer.data_level == 0
+    level0 = Counter(reads)[(20480, 20480)]
+    assert 0 < level0 <= 16, level0
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    centre = shot[shot.shape[0] // 2, shot.shape[1] // 2, :3].astype(int)
+    np.testing.assert_allclose(centre, [230, 190, 215], atol=3)
