@@ -173,3 +173,12 @@ def test_missing_root_and_unknown_layout(tmp_path):
         open_paired(tmp_path)
     with pytest.raises(UserError, match="layout"):
         open_paired(tmp_path, layout="zip")
+
+
+def test_manifest_scores_accept_her2_tile_labels():
+    """`her2 tile` writes '1+'-style labels; readers turn them into 0-3, empty into -1."""
+    from her2core.datasets.layouts import parse_score
+
+    assert [parse_score(v) for v in ("0", "1+", "2+", "3+", 3, "", None)] == [0, 1, 2, 3, 3, -1, -1]
+    with pytest.raises(ValueError):
+        parse_score("strong")

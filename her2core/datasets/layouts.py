@@ -92,6 +92,14 @@ def read_manifest(path: Path) -> list[dict]:
     return rows
 
 
+def parse_score(value) -> int:
+    """HER2 score from a manifest cell: 0-3, '1+'-style labels as `her2 tile` writes them, or -1 if empty."""
+    text = str(value if value is not None else "").strip()
+    if text in ("", "-1", "nan"):
+        return -1
+    return int(text.rstrip("+"))
+
+
 def _scores_from_manifest(root: Path) -> dict[str, int]:
     m = root / "manifest.csv"
     if not m.is_file():
@@ -99,9 +107,9 @@ def _scores_from_manifest(root: Path) -> dict[str, int]:
     out = {}
     for r in read_manifest(m):
         try:
-            out[Path(r["name"]).stem] = int(r.get("her2_score", -1) or -1)
+            out[Path(r["name"]).stem] = parse_score(r.get("her2_score"))
         except ValueError:
-            raise UserError(f"{m}: her2_score {r.get('her2_score')!r} of {r['name']} is not an integer") from None
+            raise UserError(f"{m}: her2_score {r.get('her2_score')!r} of {r['name']} is not a HER2 score (0, 1+, 2+, 3+)") from None
     return out
 
 
@@ -160,10 +168,10 @@ def _manifest_pairs(csv_path: Path, split: str | None) -> list[Pair]:
             if not p.is_file():
                 raise UserError(f"{p}: listed in {csv_path} (row {r['name']}) but missing")
         try:
-            score = int(r.get("her2_score", -1) or -1)
+            score = parse_score(r.get("her2_score"))
         except ValueError:
             raise UserError(f"{csv_path}: her2_score {r.get('her2_score')!r} of {r['name']} "
-                            "is not an integer") from None
+                            "is not a HER2 score (0, 1+, 2+, 3+)") from None
         pairs.append((he, ihc, score))
     return pairs
 

@@ -1,0 +1,183 @@
+"""Review a registration region by region: residual shift in microns, correlation, previews.
+
+Why: a user must *see* whether a registration is good enough before trusting its tiles
+(ecosystem notes §5: per-region residuals, checkerboard, overlap image, warnings on
+implausible transforms). Each tissue region of the H&E slide (default 1024² level-0 px) is
+compared with the same region of the registered HER2 slide on hematoxylin optical density:
+phase correlation gives the residual shift, normalised correlation the agreement.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from her2core.errors import UserError
+from her2core.registration.match import ncc, patch_shift
+from her2core.stain import hematoxylin_od
+from her2core.util.atomic import write_json, write_png, write_text
+
+
+def _regions(w: int, h: int, region: int):
+    for y in range(0, h, region):
+        for x in range(0, w, region):
+            yield x, y, min(region, w - x), min(region, h - y)
+
+
+def review(he_path, registered_path, out_dir, *, region: int = 1024, threshold_um: float = 5.0,
+           min_correlation: float = 0.1, min_tissue: float = 0.25, review_mpp: float | None = None,
+           transform=None, he_mpp: float | None = None, registered_mpp: float | None = None,
+           preview_size: int = 1024, progress: Callable[[int, int], None] | None = None,
+           cancel: Callable[[], bool] | None = None) -> dict:
+    """Score `registered_path` against `he_path`; writes review.json, review.html and preview PNGs.
+
+    `transform`: a Transform or a transform.json path (default: transform.json beside the
+    registered slide, if any) whose plausibility is checked. Returns the review dict.
+    """
+    from her2core.registration.transform import Transform, load_transform
+    from her2core.slide import open_slide
+    from her2core.tiling.tissue import TissueConfig, detect_tissue
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    he = open_slide(he_path, mpp=he_mpp)
+    reg = open_slide(registered_path, mpp=registered_mpp)
+    try:
+        mpp = he.require_mpp()
+        reg_mpp = reg.require_mpp()
+        if abs(reg_mpp - mpp) > 1e-3 * mpp or reg.dimensions != he.dimensions:
+            raise UserError(f"{registered_path}: not in the H&E pixel grid of {he_path} "
+                            f"({reg.dimensions} at {reg_mpp:g} µm/px vs {he.dimensions} at {mpp:g} µm/px); "
+                            "review takes the her2_registered.ome.tif written by `her2 register`")
+        if transform is None and (Path(registered_path).parent / "transform.json").exists():
+            transform = Path(registered_path).parent / "transform.json"
+        if transform is not None and not isinstance(transform, Transform):
+            transform = load_transform(transform)
+        rmpp = review_mpp or max(mpp, 0.5)
+        tissue = detect_tissue(he, TissueConfig(mask_mpp=max(8.0, mpp)))
+        W, H = he.dimensions
+        boxes = [b for b in _regions(W, H, region) if tissue.coverage(*b) >= min_tissue]
+        rows = []
+        for i, (x, y, w, h) in enumerate(boxes):
+            if cancel is not None and cancel():
+                raise KeyboardInterrupt
+            size = (w * mpp, h * mpp)
+            a = hematoxylin_od(he.read_at_mpp((x, y), size, rmpp))
+            b = hematoxylin_od(reg.read_at_mpp((x, y), size, rmpp))
+            n = min(a.shape)
+            a, b = a[:n, :n], b[:n, :n]
+            corr = ncc(a, b)
+            shift, corr_aligned = patch_shift(a, b)
+            dx, dy = float(shift[1] * rmpp), float(shift[0] * rmpp)
+            s_um = float(np.hypot(dx, dy))
+            reasons = []
+            if s_um > threshold_um:
+                reasons.append(f"shift {s_um:.1f} µm > {threshold_um:g}")
+            if corr_aligned < min_correlation:
+                reasons.append(f"correlation {corr_aligned:.2f} < {min_correlation:g} (no reliable match)")
+            rows.append({"x": x, "y": y, "w": w, "h": h, "shift_um": round(s_um, 3), "dx_um": round(dx, 3),
+                         "dy_um": round(dy, 3), "correlation": round(corr, 4),
+                         "correlation_aligned": round(corr_aligned, 4), "flagged": bool(reasons),
+                         "reasons": reasons})
+            if progress is not None:
+                progress(i + 1, len(boxes))
+        shifts = np.array([r["shift_um"] for r in rows]) if rows else np.zeros(0)
+        summary = {
+            "regions": len(rows),
+            "flagged": int(sum(r["flagged"] for r in rows)),
+            "median_shift_um": float(np.median(shifts)) if rows else None,
+            "p90_shift_um": float(np.percentile(shifts, 90)) if rows else None,
+            "max_shift_um": float(shifts.max()) if rows else None,
+            "median_correlation": float(np.median([r["correlation"] for r in rows])) if rows else None,
+        }
+        warnings = []
+        tinfo = None
+        if transform is not None:
+            warnings = transform.plausibility_warnings()
+            tinfo = {"affine": transform.affine_decomposition(),
+                     "field_min_jacobian": transform.field_jacobian_min()}
+        if not rows:
+            warnings.append("no tissue region large enough to review")
+        previews = _write_previews(he, reg, out_dir, rows, preview_size)
+        result = {"he": str(he_path), "registered": str(registered_path), "mpp": mpp, "review_mpp": rmpp,
+                  "region_px": region, "threshold_um": threshold_um, "min_correlation": min_correlation,
+                  "summary": summary, "regions": rows, "warnings": warnings, "transform": tinfo,
+                  "previews": previews}
+        write_json(out_dir / "review.json", result)
+        write_text(out_dir / "review.html", _html(result))
+        return result
+    finally:
+        he.close()
+        reg.close()
+
+
+def _norm(h: np.ndarray) -> np.ndarray:
+    hi = float(np.percentile(h, 99.5)) if h.size else 1.0
+    return np.clip(h / max(hi, 1e-6), 0, 1)
+
+
+def _write_previews(he, reg, out_dir: Path, rows: list[dict], size: int) -> dict:
+    from skimage.draw import rectangle_perimeter
+
+    from her2core.slide.reader import resize_rgb
+
+    a, ds = he.thumbnail(size)
+    b, _ = reg.thumbnail(size)
+    hh, ww = min(a.shape[0], b.shape[0]), min(a.shape[1], b.shape[1])
+    a, b = a[:hh, :ww], b[:hh, :ww]
+    if b.shape != a.shape:
+        b = resize_rgb(b, a.shape[:2])
+    sq = max(8, max(hh, ww) // 12)
+    yy, xx = np.mgrid[0:hh, 0:ww]
+    checker = np.where((((yy // sq) + (xx // sq)) % 2 == 0)[..., None], a, b)
+    ha, hb = _norm(hematoxylin_od(a)), _norm(hematoxylin_od(b))
+    overlay = (np.stack([ha, hb, ha], axis=-1) * 255).astype(np.uint8)
+    flagged = overlay.copy()
+    for r in rows:
+        color = (255, 40, 40) if r["flagged"] else (90, 90, 255)
+        r0, c0 = int(r["y"] / ds), int(r["x"] / ds)
+        r1, c1 = int((r["y"] + r["h"]) / ds) - 1, int((r["x"] + r["w"]) / ds) - 1
+        rr, cc = rectangle_perimeter((r0, c0), end=(max(r0, r1 - 1), max(c0, c1 - 1)), shape=flagged.shape[:2])
+        flagged[rr, cc] = color
+    names = {"checkerboard": "review_checkerboard.png", "overlay": "review_overlay.png",
+             "regions": "review_regions.png"}
+    write_png(out_dir / names["checkerboard"], checker)
+    write_png(out_dir / names["overlay"], overlay)
+    write_png(out_dir / names["regions"], flagged)
+    return names
+
+
+def _html(r: dict) -> str:
+    s = r["summary"]
+    esc = html.escape
+
+    def fmt(v):
+        return "–" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))
+
+    warn = "".join(f"<li class=warn>{esc(w)}</li>" for w in r["warnings"]) or "<li>none</li>"
+    flagged = [x for x in r["regions"] if x["flagged"]]
+    trs = "".join(
+        f"<tr><td>{x['x']}</td><td>{x['y']}</td><td>{x['shift_um']:.2f}</td><td>{x['correlation']:.2f}</td>"
+        f"<td>{esc('; '.join(x['reasons']))}</td></tr>" for x in flagged) or "<tr><td colspan=5>none</td></tr>"
+    p = r["previews"]
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Registration review</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}} td,th{{padding:2px 8px;text-align:right}}
+.warn{{color:#b00;font-weight:bold}} img{{max-width:32%;margin:0.5%;border:1px solid #ccc}}</style></head><body>
+<h1>Registration review</h1>
+<p>H&amp;E: <code>{esc(r['he'])}</code><br>registered HER2: <code>{esc(r['registered'])}</code></p>
+<table><tr><th>regions</th><th>flagged</th><th>median shift µm</th><th>p90 µm</th><th>max µm</th>
+<th>median correlation</th></tr><tr><td>{s['regions']}</td><td>{s['flagged']}</td>
+<td>{fmt(s['median_shift_um'])}</td><td>{fmt(s['p90_shift_um'])}</td><td>{fmt(s['max_shift_um'])}</td>
+<td>{fmt(s['median_correlation'])}</td></tr></table>
+<p>Regions of {r['region_px']} px at level 0, compared at {r['review_mpp']:g} µm/px on hematoxylin; flagged when the
+residual shift exceeds {r['threshold_um']:g} µm or the aligned correlation is below {r['min_correlation']:g}.</p>
+<h2>Warnings</h2><ul>{warn}</ul>
+<h2>Previews</h2><p>checkerboard (H&amp;E / registered HER2) · overlay (magenta H&amp;E nuclei, green HER2 nuclei,
+white where they agree) · regions (red = flagged)</p>
+<img src="{p['checkerboard']}"><img src="{p['overlay']}"><img src="{p['regions']}">
+<h2>Flagged regions</h2><table><tr><th>x</th><th>y</th><th>shift µm</th><th>correlation</th><th>why</th></tr>{trs}</table>
+</body></html>
+"""
