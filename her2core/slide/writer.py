@@ -33,10 +33,16 @@ def pyramid_shapes(height: int, width: int, min_size: int = 512) -> list[tuple[i
     return shapes
 
 
-def _downsample_into(src, dst: np.ndarray, band: int = 1024) -> None:
-    """2x2 area mean of `src` into `dst`, in horizontal bands (bounded memory)."""
+def _downsample_into(src, dst: np.ndarray, band: int | None = None) -> None:
+    """2x2 area mean of `src` into `dst`, in horizontal bands (bounded memory).
+
+    The band height adapts to the width so that a band holds ~24 MiB of uint16
+    whatever the slide size.
+    """
     h, w = dst.shape[:2]
     sh, sw = src.shape[:2]
+    if band is None:
+        band = max(8, (1 << 22) // max(1, w))
     for r0 in range(0, h, band):
         r1 = min(r0 + band, h)
         block = np.asarray(src[2 * r0:min(2 * r1, sh)], dtype=np.uint16)

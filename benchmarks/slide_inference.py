@@ -1,0 +1,304 @@
+"""Slide inference benchmark: end-to-end tiles/s vs pure model forward, and bounded memory.
+
+    python benchmarks/slide_inference.py                 # 8k x 8k region + memory 8k vs 32k
+    python benchmarks/slide_inference.py --skip-memory   # only the speed part
+
+1. Builds a synthetic H&E slide (default 8192 x 8192 px at 0.5 µm/px, tissue on ~30 %),
+   translates it with `translate_slide` (tile 512, overlap 64) and prints end-to-end
+   tiles/s (translated tiles / wall time, pyramid writing included) next to the pure
+   model forward speed on the very same tiles, already in memory (goal: ratio >= 0.85).
+2. Peak memory of a whole-slide translation for an 8k and a 32k slide, each in its own
+   subprocess (goal: nearly equal): resident anonymous memory (what can run a machine out
+   of memory) and the high-water mark of the whole resident set.
+
+The model is Pyramid pix2pix at a reduced width (random weights; speed does not depend on
+training) so that the run takes a few minutes on a laptop CPU; pass --ngf/--blocks to change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+MPP = 0.5
+
+
+# ----------------------------------------------------------------------------- synthetic slide
+
+class SynthSlide:
+    """A lazily generated H&E-like RGB image (H, W, 3), sliceable in row bands like an array.
+
+    Tissue: a smooth random field over 256-px cells, thresholded to cover `tissue` of the
+    area (decided per 16-px block); inside, a periodic 1024-px pink/purple texture;
+    elsewhere glass. Any part can be generated on its own at memory speed, so a
+    40k x 40k slide never exists in memory.
+    """
+
+    ndim = 3
+    dtype = np.dtype(np.uint8)
+    CELL, BLOCK, PERIOD = 256, 16, 1024
+
+    def __init__(self, height: int, width: int, *, tissue: float = 0.3, seed: int = 0):
+        from scipy import ndimage as ndi
+
+        self.shape = (int(height), int(width), 3)
+        rng = np.random.default_rng(seed)
+        gh, gw = height // self.CELL + 2, width // self.CELL + 2
+        field = ndi.gaussian_filter(rng.standard_normal((gh, gw)), 2.0, mode="wrap")
+        # the field on the 16-px block grid (bilinear), thresholded once
+        k = self.CELL // self.BLOCK
+        fine = ndi.zoom(field, k, order=1)[:height // self.BLOCK + 1, :width // self.BLOCK + 1]
+        thr = np.quantile(fine, 1 - tissue) if tissue < 1 else -np.inf
+        self.blocks = fine > thr
+        tex = ndi.gaussian_filter(rng.standard_normal((self.PERIOD, self.PERIOD)), 2, mode="wrap")
+        tex = (tex - tex.min()) / (np.ptp(tex) + 1e-9)
+        pink = np.array([230, 150, 190], np.float32)
+        purple = np.array([110, 60, 150], np.float32)
+        tex = (pink * (1 - tex[..., None]) + purple * tex[..., None]).astype(np.uint8)
+        self.tex = tex
+
+    def __getitem__(self, key):
+        if not isinstance(key, tuple):
+            key = (key,)
+        r0, r1, _ = key[0].indices(self.shape[0])
+        cs = key[1] if len(key) > 1 else slice(None)
+        c0, c1, _ = cs.indices(self.shape[1])
+        out = np.full((r1 - r0, c1 - c0, 3), 242, np.uint8)
+        B, P = self.BLOCK, self.PERIOD
+        r = r0
+        while r < r1:  # one 16-px block row at a time
+            rb = min(r1, (r // B + 1) * B)
+            blocks = self.blocks[r // B, c0 // B:(c1 - 1) // B + 1]
+            if blocks.any():
+                mask = np.repeat(blocks, B)[c0 % B:c0 % B + (c1 - c0)]
+                rows = self.tex[np.arange(r, rb) % P, :P]
+                reps = (c0 % P + (c1 - c0)) // P + 1
+                tex = np.tile(rows, (1, reps, 1))[:, c0 % P:c0 % P + (c1 - c0)]
+                dst = out[r - r0:rb - r0]
+                dst[...] = np.where(mask[None, :, None], tex, dst)
+            r = rb
+        return out
+
+
+def write_synth_slide(path: Path, size: int, *, tissue: float, seed: int = 0,
+                      compression: str | None = None) -> Path:
+    """The synthetic slide as a pyramidal OME-TIFF (uncompressed by default: quick to make)."""
+    from her2core.slide import write_pyramid
+
+    return write_pyramid(path, SynthSlide(size, size, tissue=tissue, seed=seed), mpp=MPP, tile=512,
+                         min_size=512, compression=compression)
+
+
+# ----------------------------------------------------------------------------- model
+
+def make_translator(ngf: int, blocks: int, device=None, precision: str = "fp32", preset: str = "tiny"):
+    import dataclasses
+
+    from her2core.inference.model import Translator, pick_device
+    from her2core.models import registry
+
+    cls = registry.get("pyramid_pix2pix")
+    cfg = cls.preset(preset)
+    if preset == "tiny":
+        cfg = dataclasses.replace(cfg, ngf=ngf, n_blocks=blocks)
+    fw = cls(cfg).eval()
+    return Translator(fw, pick_device(device), precision=precision, work_mpp=MPP,
+                      name=f"pyramid_pix2pix[{preset}]")
+
+
+# ----------------------------------------------------------------------------- memory
+
+class MemorySampler:
+    """Peak resident memory of this process, sampled from /proc (Linux) every 20 ms."""
+
+    def __init__(self):
+        self.peak = {"VmRSS": 0, "RssAnon": 0, "RssFile": 0}
+        self.phase = "translate"
+        self.phase_anon: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def read() -> dict[str, int]:
+        out = {}
+        with open("/proc/self/status") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
+                    out[k] = int(v.split()[0]) * 1024
+        return out
+
+    def _run(self):
+        while not self._stop.is_set():
+            now = self.read()
+            for k in self.peak:
+                self.peak[k] = max(self.peak[k], now.get(k, 0))
+            self.phase_anon[self.phase] = max(self.phase_anon.get(self.phase, 0), now["RssAnon"])
+            time.sleep(0.02)
+
+    def __enter__(self):
+        self.start = self.read()
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+def child_memory(args) -> None:
+    """Subprocess: translate a whole slide and print peak memory as JSON."""
+    import torch
+
+    from her2core.inference.slide import translate_slide
+
+    torch.set_num_threads(args.threads)
+    tr = make_translator(args.ngf, args.blocks)
+    slide = Path(args.child_memory)
+    out = slide.with_name(slide.stem.split(".")[0] + "_virtual.ome.tif")
+    done = [0]
+    t0 = time.perf_counter()
+
+    def tick(d, total):
+        done[0] = d
+        if d == total:
+            mem.phase = "write"  # all tiles translated: last blends, then the pyramid
+
+    with MemorySampler() as mem:
+        translate_slide(tr, slide, out, tile=args.tile, overlap=args.overlap,
+                        batch_size=args.batch_size, progress=False, overwrite=True, callback=tick)
+    print(json.dumps({"slide": slide.name, "tiles": done[0], "seconds": time.perf_counter() - t0,
+                      "baseline_anon": mem.start["RssAnon"], "peak_anon": mem.peak["RssAnon"],
+                      "peak_rss": mem.peak["VmRSS"], "peak_file": mem.peak["RssFile"],
+                      "peak_anon_translate": mem.phase_anon.get("translate", 0),
+                      "peak_anon_write": mem.phase_anon.get("write", 0),
+                      "vm_hwm": MemorySampler.read()["VmHWM"]}))
+    out.unlink()
+
+
+# ----------------------------------------------------------------------------- speed
+
+def speed(args, work: Path) -> dict:
+    import torch
+
+    from her2core.inference.region import is_background, plan_region
+    from her2core.inference.slide import translate_slide
+    from her2core.slide import open_slide
+
+    torch.set_num_threads(args.threads)
+    t = time.perf_counter()
+    # zlib-compressed like a real slide's tiles, so reading costs what it costs in practice
+    slide = write_synth_slide(work / "speed.ome.tif", args.size, tissue=args.tissue,
+                              compression="zlib")
+    print(f"synthetic slide {args.size} x {args.size} written in {time.perf_counter() - t:.1f} s")
+    tr = make_translator(args.ngf, args.blocks)
+    warm = np.full((args.batch_size, args.tile, args.tile, 3), 200, np.uint8)
+    tr(warm, 0)
+
+    # the tiles the slide run will translate, in memory, for the pure-forward timing
+    with open_slide(slide) as s:
+        plan = plan_region(s, work_mpp=MPP, tile=args.tile, overlap=args.overlap)
+        tiles = []
+        for k in range(plan.rows.count):
+            for j in range(plan.cols.count):
+                img = plan.read_tile(s, k, j)
+                if not is_background(img):
+                    tiles.append(img)
+    n = len(tiles)
+
+    def forward_seconds(tiles):
+        t = time.perf_counter()
+        for i in range(0, len(tiles), args.batch_size):
+            tr(np.stack(tiles[i:i + args.batch_size]), i)
+        return time.perf_counter() - t
+
+    fwd = forward_seconds(tiles)
+    before = tr.tiles_translated
+    t = time.perf_counter()
+    translate_slide(tr, slide, work / "speed_virtual.ome.tif", tile=args.tile,
+                    overlap=args.overlap, batch_size=args.batch_size, progress=False, overwrite=True)
+    e2e = time.perf_counter() - t
+    assert tr.tiles_translated - before == n, (tr.tiles_translated - before, n)
+    # forward again after the slide run: on a shared machine the best of the two is the
+    # fair (conservative) reference
+    fwd = min(fwd, forward_seconds(tiles))
+    del tiles
+    res = {"tiles_total": plan.n_tiles, "tiles_translated": n, "forward_s": fwd, "end_to_end_s": e2e,
+           "forward_tiles_per_s": n / fwd, "end_to_end_tiles_per_s": n / e2e, "ratio": fwd / e2e}
+    print(f"{n} of {plan.n_tiles} tiles hold tissue ({args.tile} px, overlap {args.overlap}, "
+          f"batch {args.batch_size})")
+    print(f"pure forward : {res['forward_tiles_per_s']:.2f} tiles/s ({fwd:.1f} s, best of a run "
+          "before and one after the slide run)")
+    print(f"end to end   : {res['end_to_end_tiles_per_s']:.2f} tiles/s ({e2e:.1f} s, reading, "
+          f"blending and pyramid writing included)")
+    print(f"ratio        : {res['ratio']:.2f}  (goal >= 0.85)")
+    return res
+
+
+def memory(args, work: Path) -> list[dict]:
+    results = []
+    for size in args.memory_sizes:
+        t = time.perf_counter()
+        path = write_synth_slide(work / f"mem{size}.ome.tif", size, tissue=args.memory_tissue, seed=1)
+        print(f"synthetic slide {size} x {size} written in {time.perf_counter() - t:.1f} s")
+        cmd = [sys.executable, __file__, "--child-memory", str(path), "--tile", str(args.tile),
+               "--overlap", str(args.overlap), "--batch-size", str(args.batch_size),
+               "--ngf", str(args.ngf), "--blocks", str(args.blocks), "--threads", str(args.threads)]
+        r = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        path.unlink()
+        mib = 1 / 2**20
+        print(f"{size:>6} px slide: {res['tiles']} tiles in {res['seconds']:.0f} s; peak anonymous "
+              f"{res['peak_anon'] * mib:.0f} MiB (after model load {res['baseline_anon'] * mib:.0f}, "
+              f"while translating {res['peak_anon_translate'] * mib:.0f}, while writing the pyramid "
+              f"{res['peak_anon_write'] * mib:.0f}); "
+              f"peak resident {res['peak_rss'] * mib:.0f} MiB (file-backed part "
+              f"{res['peak_file'] * mib:.0f} MiB)")
+        results.append({"size": size, **res})
+    return results
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=8192, help="speed slide side (px)")
+    p.add_argument("--tissue", type=float, default=0.3, help="tissue share of the speed slide")
+    p.add_argument("--memory-sizes", type=int, nargs="*", default=[8192, 32768])
+    p.add_argument("--memory-tissue", type=float, default=0.02)
+    p.add_argument("--tile", type=int, default=512)
+    p.add_argument("--overlap", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--ngf", type=int, default=8)
+    p.add_argument("--blocks", type=int, default=1)
+    p.add_argument("--threads", type=int, default=int(os.environ.get("TORCH_NUM_THREADS", "2")))
+    p.add_argument("--skip-speed", action="store_true")
+    p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--workdir", type=Path, default=None)
+    p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    p.add_argument("--child-memory", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child_memory:
+        child_memory(args)
+        return 0
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        work = Path(tmp)
+        out = {}
+        if not args.skip_speed:
+            out["speed"] = speed(args, work)
+        if not args.skip_memory:
+            out["memory"] = memory(args, work)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

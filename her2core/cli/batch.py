@@ -1,0 +1,48 @@
+"""`her2 batch CASES.csv --out DIR`: virtual HER2 for many slides; finished cases are skipped.
+
+CASES.csv has a header with `slide` and optionally `roi`, `her2` (real HER2 slide,
+registered) and `case`. Share the work over GPUs or processes with
+`torchrun --nproc-per-node N -m her2core batch ...` (same outputs as one process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("cases", type=Path, help="CSV: slide[, roi][, her2][, case]")
+    p.add_argument("--run", required=True, type=Path, help="run folder written by `her2 train`")
+    p.add_argument("--out", required=True, type=Path, help="output folder (one subfolder per case)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (diffusion models)")
+    p.add_argument("--batch-size", type=int, default=8, help="tiles per model call (default 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work-mpp", type=float, default=None,
+                   help="microns per pixel to translate at (default: what the run was trained at)")
+    p.add_argument("--tile", type=int, default=512, help="tile size at the working mpp (default 512)")
+    p.add_argument("--overlap", type=int, default=64, help="tile overlap for blending (default 64)")
+    p.add_argument("--metric-tile", type=int, default=256, help="tile size for metrics.json")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best; per rank)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from her2core.inference.batch import run_batch
+
+    summary = run_batch(args.run, args.cases, args.out, steps=args.steps,
+                        batch_size=args.batch_size, seed=args.seed, work_mpp=args.work_mpp,
+                        tile=args.tile, overlap=args.overlap, metric_tile=args.metric_tile,
+                        device=args.device, precision=args.precision,
+                        progress=not args.no_progress)
+    done = sum(1 for s in summary if s.get("status") == "translated")
+    failed = [s["case"] for s in summary if str(s.get("status", "")).startswith("error")]
+    if done:
+        print(f"{done} case(s) translated into {args.out}")
+    if failed:
+        print(f"her2 batch: {len(failed)} case(s) failed: {', '.join(failed)}; fix them and run "
+              "again (finished cases are skipped)", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,66 @@
+"""`her2 translate`: virtual HER2 for a folder of H&E tiles, a slide region or a whole slide.
+
+    her2 translate --run RUN --tiles HE_DIR --out OUT_DIR            # one PNG per tile
+    her2 translate --run RUN --slide he.ome.tif --out virtual.ome.tif [--roi rois.geojson |
+                   --region x,y,w,h]                                 # pyramidal OME-TIFF
+
+A killed slide translation resumes when run again with the same arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, type=Path, help="run folder written by `her2 train`")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--tiles", type=Path, help="folder of H&E tiles (PNG/JPEG/TIFF)")
+    src.add_argument("--slide", type=Path, help="H&E slide (OME-TIFF, SVS, tiled TIFF)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output folder (--tiles) or virtual HER2 .ome.tif (--slide)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--roi", type=Path, help="QuPath GeoJSON: translate the ROIs' box, white outside")
+    where.add_argument("--region", help="x,y,w,h in level-0 pixels of the slide")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (diffusion models)")
+    p.add_argument("--batch-size", type=int, default=8, help="tiles per model call (default 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mpp", type=float, default=None,
+                   help="microns per pixel of the slide when its file does not record it")
+    p.add_argument("--work-mpp", type=float, default=None,
+                   help="microns per pixel to translate at (default: what the run was trained at)")
+    p.add_argument("--tile", type=int, default=512, help="tile size at the working mpp (default 512)")
+    p.add_argument("--overlap", type=int, default=64, help="tile overlap for blending (default 64)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: bf16 on CUDA that supports it, else fp32")
+    p.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: best)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+
+def run(args: argparse.Namespace) -> int:
+    from her2core.errors import UserError
+
+    if args.tiles is not None:
+        if args.roi or args.region or args.mpp or args.work_mpp:
+            raise UserError("--roi, --region, --mpp and --work-mpp apply to --slide only")
+        from her2core.inference.tiles import translate_tile_folder
+
+        translate_tile_folder(args.run, args.tiles, args.out, steps=args.steps,
+                              batch_size=args.batch_size, seed=args.seed, progress=True)
+        print(f"wrote {args.out}")
+        return 0
+
+    from her2core.inference.region import parse_region
+    from her2core.inference.slide import translate_slide
+
+    if args.out.suffix.lower() not in (".tif", ".tiff"):
+        raise UserError(f"{args.out}: give a .ome.tif output path for --slide")
+    region = parse_region(args.region) if args.region else None
+    out = translate_slide(args.run, args.slide, args.out, roi=args.roi, region=region,
+                          steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                          slide_mpp=args.mpp, work_mpp=args.work_mpp, tile=args.tile,
+                          overlap=args.overlap, overwrite=args.overwrite, device=args.device,
+                          precision=args.precision, progress=True)
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,198 @@
+"""Virtual HER2 for many slides from a CSV of cases: per-slide folders, resumable, torchrun-shared.
+
+CASES.csv columns (header row; paths relative to the CSV's folder):
+    slide   H&E slide (required)
+    roi     QuPath GeoJSON of the ROIs to translate (optional; default the whole slide)
+    her2    the real HER2 slide, registered onto the H&E (optional; gives metrics.json)
+    case    case id, the output folder's name (optional; default the slide's file stem)
+
+Per case, OUT/<case>/ receives
+    virtual_her2.ome.tif  pyramidal OME-TIFF at the model's working mpp, origin = region origin
+    rois.geojson          the ROIs used (or the translated rectangle when no ROI was given)
+    metrics.json          when `her2` is given: evaluation metrics on ROI tiles (see `metrics`)
+    DONE                  written last; a case with DONE is skipped on re-run
+A case with a problem the user can fix (slide without mpp, ROI outside the slide, ...)
+is reported on one line and skipped; the others go on (the command then exits 2).
+
+Under `torchrun --nproc-per-node N` every rank runs this same function: the
+ranks agree on the pending cases, translate the tile rows of each slide
+together (row k on rank k mod N, see `slide.Team`), and the case's leader rank
+(case index mod N) blends, writes and scores it while the others go on to the
+next slide. The outputs are byte-identical to a single process. All ranks must
+see OUT on one file system.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from her2core.errors import UserError
+from her2core.inference.slide import DEFAULT_OVERLAP, DEFAULT_TILE, Team, translate_slide
+from her2core.util.atomic import write_json
+
+VIRTUAL_NAME = "virtual_her2.ome.tif"
+ROIS_NAME = "rois.geojson"
+METRICS_NAME = "metrics.json"
+DONE_NAME = "DONE"
+
+
+@dataclass(frozen=True)
+class Case:
+    case_id: str
+    slide: Path
+    roi: Path | None = None
+    her2: Path | None = None
+
+
+def read_cases(csv_path: str | Path) -> list[Case]:
+    """Parse CASES.csv; every problem is a UserError naming the line."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise UserError(f"{csv_path}: cases file not found")
+    base = csv_path.parent
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        fields = [c.strip().lower() for c in (reader.fieldnames or [])]
+        if "slide" not in fields:
+            raise UserError(f"{csv_path}: needs a header row with a 'slide' column "
+                            "(optional: roi, her2, case)")
+        cases: list[Case] = []
+        seen: dict[str, int] = {}
+        for line, row in enumerate(reader, start=2):
+            row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+            if not row.get("slide"):
+                if any(row.values()):
+                    raise UserError(f"{csv_path}:{line}: empty 'slide'")
+                continue
+
+            slide = _case_path(row, "slide", base, f"{csv_path}:{line}")
+            case_id = row.get("case") or row.get("case_id") or slide.name.split(".")[0]
+            if any(ch in case_id for ch in "/\\") or case_id in (".", ".."):
+                raise UserError(f"{csv_path}:{line}: case id {case_id!r} cannot be a folder name")
+            if case_id in seen:
+                raise UserError(f"{csv_path}:{line}: case id {case_id!r} repeats line {seen[case_id]}; "
+                                "add a 'case' column with unique ids")
+            seen[case_id] = line
+            where = f"{csv_path}:{line}"
+            cases.append(Case(case_id, slide, _case_path(row, "roi", base, where),
+                              _case_path(row, "her2", base, where)))
+    if not cases:
+        raise UserError(f"{csv_path}: no cases listed")
+    return cases
+
+
+def _case_path(row: dict, key: str, base: Path, where: str) -> Path | None:
+    """The file named in column `key` (relative to the CSV's folder), None when empty."""
+    v = row.get(key)
+    if not v:
+        return None
+    p = Path(v).expanduser()
+    p = p if p.is_absolute() else base / p
+    if not p.exists():
+        raise UserError(f"{where}: {key} file {v!r} not found")
+    return p
+
+
+def distributed_team() -> tuple[Team, Any]:
+    """A Team over torchrun's ranks (gloo barriers), or a single-process Team; plus a cleanup."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Team(), lambda: None
+    import torch.distributed as dist
+
+    created = False
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo", timeout=timedelta(hours=12))
+        created = True
+    group = dist.new_group(backend="gloo", timeout=timedelta(hours=12))
+    team = Team(dist.get_rank(), dist.get_world_size(), lambda: dist.barrier(group=group))
+
+    def cleanup():
+        if created and dist.is_initialized():
+            dist.barrier(group=group)
+            dist.destroy_process_group()
+
+    return team, cleanup
+
+
+def run_batch(run, cases_csv: str | Path, out_dir: str | Path, *, steps: int | None = None,
+              batch_size: int = 8, seed: int = 0, work_mpp: float | None = None,
+              tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, metric_tile: int = 256,
+              device=None, precision: str = "auto", progress: bool = True,
+              team: Team | None = None) -> list[dict]:
+    """Translate (and score) every case of `cases_csv` into `out_dir`; returns one summary per case.
+
+    `team`: default from torchrun's environment (a single process otherwise).
+    """
+    from her2core.inference.model import load_translator
+
+    cleanup = lambda: None
+    if team is None:
+        team, cleanup = distributed_team()
+    try:
+        cases = read_cases(cases_csv)
+        out_dir = Path(out_dir)
+        pending = [c for c in cases if not (out_dir / c.case_id / DONE_NAME).exists()]
+        summary = [{"case": c.case_id, "status": "skipped (DONE)"} for c in cases if c not in pending]
+        team.barrier()  # every rank has decided on the same pending list before anyone writes
+        if team.rank == 0:
+            for s in summary:
+                print(f"{s['case']}: done before, skipped")
+        if not pending:
+            return summary
+        translator = load_translator(run, device=device, steps=steps, precision=precision)
+        for i, case in enumerate(pending):
+            leader = i % team.world
+            case_dir = out_dir / case.case_id
+            try:
+                # a bad case (no mpp, ROI off the slide, ...) fails the same way on every rank,
+                # before any barrier: it is reported and the batch goes on
+                virtual = translate_slide(
+                    translator, case.slide, case_dir / VIRTUAL_NAME, roi=case.roi,
+                    batch_size=batch_size, seed=seed, work_mpp=work_mpp, tile=tile,
+                    overlap=overlap, overwrite=True, progress=progress and team.rank == leader,
+                    team=team, leader=leader)
+                if virtual is not None:
+                    summary.append(_finish_case(case, case_dir, virtual, metric_tile))
+            except UserError as exc:
+                if team.rank == leader:
+                    print(f"{case.case_id}: error: {exc}", file=sys.stderr)
+                    summary.append({"case": case.case_id, "status": f"error: {exc}"})
+        return summary
+    finally:
+        cleanup()
+
+
+def _finish_case(case: Case, case_dir: Path, virtual: Path, metric_tile: int) -> dict:
+    """ROIs used, metrics against the real HER2 (if any), then the DONE marker."""
+    from her2core.inference.metrics import slide_metrics
+    from her2core.qupath.geojson import Feature, read_features, write_features
+    from her2core.slide import open_slide
+
+    with open_slide(virtual) as v:
+        props = v.properties
+    x, y, w, h = props["region_xywh"]
+    if case.roi is not None:
+        features = read_features(case.roi)
+    else:
+        from shapely.geometry import box
+
+        features = [Feature(geometry=box(x, y, x + w, y + h), name="translated region")]
+    write_features(case_dir / ROIS_NAME, features)
+    outputs = [VIRTUAL_NAME, ROIS_NAME]
+    result: dict = {"case": case.case_id, "status": "translated"}
+    if case.her2 is not None:
+        metrics = slide_metrics(virtual, case.her2, case.roi, tile=metric_tile)
+        write_json(case_dir / METRICS_NAME, metrics)
+        outputs.append(METRICS_NAME)
+        result["metrics"] = metrics.get("mean", {})
+    write_json(case_dir / DONE_NAME, {"case": case.case_id, "slide": str(case.slide),
+                                      "outputs": outputs, "region_xywh": [x, y, w, h]})
+    print(f"{case.case_id}: wrote {case_dir}")
+    return result

@@ -1,0 +1,195 @@
+"""The resume journal of one slide translation: a work folder next to the output.
+
+Why files and not a database: every piece of state is a file that appears
+atomically (rename) only when it is complete, so a job killed at any moment
+leaves a consistent journal, ranks of `torchrun` can share it on one file
+system, and a rerun with the same plan picks up exactly where it stopped.
+
+    .<out name>.work/
+      plan.json        identity of the job (slide, region, model fingerprint, tile, ...);
+                       a different plan wipes the folder and starts afresh
+      row_00012.u8     translated tiles of tile row 12, (T, T, 3) uint8 each in column order,
+                       white tiles left out; a trailer of one byte per column says which
+      blocks.json      {"blocks_done": m}: output block rows [0, m) are final in out.u8
+      out.u8           the blended region, raw (H, W, 3) uint8 (sparse until written)
+
+Reads and writes go through short-lived band memmaps or plain file I/O, never a
+whole-region mapping, so the process's resident memory stays a few tiles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from her2core.util.atomic import write_json
+
+
+class WorkDir:
+    def __init__(self, out_path: str | Path):
+        out_path = Path(out_path)
+        self.path = out_path.parent / f".{out_path.name}.work"
+
+    # -- identity -------------------------------------------------------
+    def prepare(self, identity: dict) -> bool:
+        """Make the folder for `identity`; True when a matching journal is resumed."""
+        plan = self.path / "plan.json"
+        if plan.exists():
+            try:
+                same = json.loads(plan.read_text()) == json.loads(json.dumps(identity, sort_keys=True))
+            except json.JSONDecodeError:
+                same = False
+            if same:
+                return True
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_json(plan, identity)
+        return False
+
+    def exists(self) -> bool:
+        return (self.path / "plan.json").exists()
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    # -- tile rows --------------------------------------------------------
+    def row_path(self, k: int) -> Path:
+        return self.path / f"row_{k:05d}.u8"
+
+    def row_done(self, k: int) -> bool:
+        return self.row_path(k).exists()
+
+    def open_row(self, k: int) -> RowWriter:
+        return RowWriter(self.row_path(k))
+
+    def read_row(self, k: int, tile: int) -> RowReader:
+        return RowReader(self.row_path(k), tile)
+
+    def drop_row(self, k: int) -> None:
+        self.row_path(k).unlink(missing_ok=True)
+
+    # -- blended output ---------------------------------------------------
+    @property
+    def raw_path(self) -> Path:
+        return self.path / "out.u8"
+
+    def blocks_done(self) -> int:
+        p = self.path / "blocks.json"
+        if not p.exists():
+            return 0
+        return int(json.loads(p.read_text())["blocks_done"])
+
+    def set_blocks_done(self, m: int) -> None:
+        write_json(self.path / "blocks.json", {"blocks_done": int(m)})
+
+    def raw_image(self, height: int, width: int) -> RawImage:
+        return RawImage(self.raw_path, (height, width, 3))
+
+
+class RowWriter:
+    """Append the tiles of one tile row in column order; the file appears only when complete.
+
+    White tiles (background, outside the ROI: never run through the model) are not stored;
+    a trailer of one byte per column (1 stored, 0 white) says which are, so a whole slide
+    that is mostly glass costs almost no disk and no blending.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.part = path.with_name(path.name + f".part{os.getpid()}")
+        self._f = open(self.part, "wb")  # noqa: SIM115 - closed by commit() or abort()
+        self._flags = bytearray()
+
+    def write(self, tile_rgb: np.ndarray | None) -> None:
+        """The next column's tile, or None for a white tile."""
+        if tile_rgb is None:
+            self._flags.append(0)
+        else:
+            self._f.write(np.ascontiguousarray(tile_rgb, dtype=np.uint8).tobytes())
+            self._flags.append(1)
+
+    def commit(self) -> None:
+        self._f.write(bytes(self._flags))
+        self._f.close()
+        os.replace(self.part, self.path)
+
+    def abort(self) -> None:
+        self._f.close()
+        self.part.unlink(missing_ok=True)
+
+
+class RowReader:
+    """Tiles of one committed row file, by column; None for white tiles."""
+
+    def __init__(self, path: Path, tile: int):
+        self.path, self.tile = path, tile
+        self.nbytes = tile * tile * 3
+        size = path.stat().st_size
+        n_stored = size // self.nbytes  # the trailer is shorter than one tile
+        n_cols = size - n_stored * self.nbytes
+        with open(path, "rb") as f:
+            f.seek(n_stored * self.nbytes)
+            flags = np.frombuffer(f.read(n_cols), dtype=np.uint8)
+        if int(flags.sum()) != n_stored:
+            raise RuntimeError(f"{path}: damaged row file; delete the work folder and rerun")
+        self.flags = flags.astype(bool)
+        self.index = np.cumsum(flags) - 1  # position among stored tiles
+
+    def is_white(self, j: int) -> bool:
+        return not self.flags[j]
+
+    def tile_at(self, j: int) -> np.ndarray | None:
+        if not self.flags[j]:
+            return None
+        with open(self.path, "rb") as f:
+            f.seek(int(self.index[j]) * self.nbytes)
+            data = f.read(self.nbytes)
+        return np.frombuffer(data, dtype=np.uint8).reshape(self.tile, self.tile, 3)
+
+
+class RawImage:
+    """A raw (H, W, 3) uint8 file, sliceable like an array, mapped one band at a time.
+
+    `write_pyramid` reads it as its source; each read maps only the rows it
+    needs and unmaps them again, so resident memory does not grow with the slide.
+    """
+
+    dtype = np.dtype(np.uint8)
+    ndim = 3
+
+    def __init__(self, path: Path, shape: tuple[int, int, int]):
+        self.path = Path(path)
+        self.shape = tuple(int(s) for s in shape)
+        size = int(np.prod(self.shape))
+        if not self.path.exists() or self.path.stat().st_size != size:
+            with open(self.path, "ab") as f:
+                f.truncate(size)  # sparse: unwritten parts read as zeros
+
+    def _band(self, r0: int, r1: int, mode: str) -> np.memmap:
+        w = self.shape[1]
+        return np.memmap(self.path, dtype=np.uint8, mode=mode, offset=r0 * w * 3,
+                         shape=(r1 - r0, w, 3))
+
+    def __getitem__(self, key) -> np.ndarray:
+        if not isinstance(key, tuple):
+            key = (key,)
+        rows = key[0] if isinstance(key[0], slice) else slice(key[0], key[0] + 1)
+        r0, r1, step = rows.indices(self.shape[0])
+        if step != 1:
+            raise IndexError("RawImage supports contiguous row slices only")
+        if r1 <= r0:
+            return np.zeros((0,) + tuple(self.shape[1:]), dtype=np.uint8)[tuple(key[1:])]
+        band = self._band(r0, r1, "r")
+        out = np.array(band[(slice(None),) + tuple(key[1:])])
+        del band
+        return out if isinstance(key[0], slice) else out[0]
+
+    def write(self, r0: int, c0: int, block: np.ndarray) -> None:
+        band = self._band(r0, r0 + block.shape[0], "r+")
+        band[:, c0:c0 + block.shape[1]] = block
+        band.flush()
+        del band
