@@ -69,6 +69,15 @@ class Framework(nn.Module, abc.ABC):
         """EMA shadows used for inference, keyed like `networks()`; empty if none."""
         return {}
 
+    def training_defaults(self) -> dict[str, Any]:
+        """What the engine uses when TrainConfig leaves a field unset (None).
+
+        Keys: batch_size (global, all ranks), crop (random paired crop in pixels, None = whole
+        tile), epochs (run length when max_steps is None), augment ('hflip+vflip+rot90',
+        'hflip', 'none', ...). By default read from config attributes of those names.
+        """
+        return {k: getattr(self.config, k, None) for k in ("batch_size", "crop", "epochs", "augment")}
+
     # -- training -----------------------------------------------------
     @abc.abstractmethod
     def make_optimizers(self, total_steps: int, steps_per_epoch: int) -> dict[str, tuple]:

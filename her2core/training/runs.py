@@ -1,0 +1,74 @@
+"""The run folder: what a training run leaves behind, and reading it back.
+
+    RUN/
+      run.json                 framework, preset, model config, train config, resolved settings
+                               (batch, crop, steps, world size, precision), data root, parameter counts
+      log.jsonl                one JSON object per logged step (losses, lr/<opt>, grad_norm/<opt>,
+                               images_per_s, val/L1 at sample steps)
+      log.csv                  the same table as CSV (rewritten at each checkpoint and at the end)
+      checkpoints/
+        step_00000500.safetensors + step_00000500.json   (see her2core.training.checkpoint)
+        latest.json            names the newest complete checkpoint
+      samples/
+        step_00000500.png      rows of H&E | virtual HER2 | real HER2 for the first validation tiles
+
+Only rank 0 writes. `load_run` rebuilds the framework from run.json and a checkpoint, in
+eval mode; inference then uses the EMA weights where the framework keeps any.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from her2core.errors import UserError
+
+RUN_FORMAT = "her2-run/1"
+
+
+def read_run(run_dir) -> dict:
+    run_dir = Path(run_dir)
+    path = run_dir / "run.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir}: not a training run (no run.json); give the --out folder of `her2 train`")
+    try:
+        run = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc.msg}); the run folder is damaged") from None
+    if run.get("format") != RUN_FORMAT:
+        raise UserError(f"{path}: not a her2 training run (format {run.get('format')!r})")
+    return run
+
+
+def build_framework(run: dict, source: str):
+    from her2core.models import registry
+    from her2core.util.configs import from_dict
+
+    cls = registry.get(run["framework"])
+    return cls(from_dict(cls.config_class, run["model_config"], source=source))
+
+
+def load_run(run_dir, device=None, step: int | None = None, model_name: str | None = None):
+    """The framework of RUN with the weights of `step` (default: latest), eval mode, on `device`."""
+    from her2core.models import registry
+    from her2core.training import checkpoint
+
+    run_dir = Path(run_dir)
+    run = read_run(run_dir)
+    if model_name is not None:
+        want = registry.get(model_name).name
+        if want != run["framework"]:
+            raise UserError(f"{run_dir}: is a {run['framework']} run, not {want}")
+    weights, record = checkpoint.find(run_dir / "checkpoints", step)
+    if record.get("framework") != run["framework"]:
+        raise UserError(f"{weights}: checkpoint of framework {record.get('framework')!r} in a "
+                        f"{run['framework']} run; the run folder is mixed up")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    framework = build_framework(run, str(run_dir / "run.json"))
+    checkpoint.load_weights(framework, weights)
+    framework.to(device).eval()
+    framework.run_info = {"run_dir": str(run_dir), "step": record["step"], "framework": run["framework"],
+                          "preset": run.get("preset")}
+    return framework
