@@ -107,11 +107,11 @@ def build_demo_report(demo) -> Path:
 
         df = pd.read_csv(Path(e["dir"]) / "per_image.csv")
         row = {"run": name, "trained on": demo.runs[name]["dataset"], "tested on": test_ds, "N": len(df)}
-        for m in ("ssim", "psnr", "ms_ssim", "dab_od_error", "dab_pearson_r"):
+        for m in ("ssim", "psnr", "ms_ssim", "dab_od_mae", "dab_grid_r"):
             if m in df.columns:
                 row[m] = float(df[m].mean())
         fset = e["set"] or {}
-        for m in ("fid", "kid"):
+        for m in ("fid", "kid_mean"):
             if m in fset and isinstance(fset[m], (int, float)):
                 row[m] = fset[m]
         rows.append(row)

@@ -11,6 +11,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", help="a training run folder: translate --data's split first")
     p.add_argument("--data", help="dataset root (with --run)")
     p.add_argument("--split", default="test", help="dataset split (with --run; default test)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampling steps of a diffusion run (with --run; default: the run's preset)")
     p.add_argument("--out", required=True, help="output folder (per_image.csv, set_metrics.json)")
     p.add_argument("--he", help="folder of the H&E input tiles (recorded for the report)")
     p.add_argument("--model", default="", help="model name written in the table")
@@ -48,7 +50,8 @@ def run(args) -> int:
     if args.run:
         if not args.data:
             raise UserError("--run needs --data DATASET (and --split)")
-        res = evaluate_run(args.run, args.data, args.split, args.out, s, progress=not args.quiet, log=log)
+        res = evaluate_run(args.run, args.data, args.split, args.out, s, progress=not args.quiet, log=log,
+                           steps=args.steps)
     else:
         if not (args.pred and args.target):
             raise UserError("give --pred DIR --target DIR, or --run RUN --data DATASET")

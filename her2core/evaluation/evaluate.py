@@ -199,7 +199,7 @@ def _finite_mean(col) -> float | None:
 
 
 def evaluate_run(run_dir, data_root, split, out_dir, settings: EvalSettings | None = None, *,
-                 progress: bool = True, log: Callable[[str], None] = print) -> dict:
+                 progress: bool = True, log: Callable[[str], None] = print, steps: int | None = None) -> dict:
     """Translate a dataset split's H&E tiles with a trained run, then evaluate them.
 
     `run_dir`: a `her2 train` run folder, or an already built framework (tests, the demo).
@@ -227,7 +227,7 @@ def evaluate_run(run_dir, data_root, split, out_dir, settings: EvalSettings | No
         if score is not None and int(score) >= 0:
             labels[Path(he).stem] = int(score)
     virtual = out_dir / "virtual"
-    translate_tile_folder(run_dir, he_dir, virtual, progress=progress)
+    translate_tile_folder(run_dir, he_dir, virtual, steps=steps, progress=progress)
     if not s.model:
         is_path = isinstance(run_dir, (str, Path))
         s.model = Path(run_dir).name if is_path else getattr(run_dir, "name", type(run_dir).__name__)
