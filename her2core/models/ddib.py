@@ -1,0 +1,175 @@
+"""DDIB: two unconditional diffusion models, one per stain, bridged through latent noise.
+
+Faithful to suxuann/ddib (reference notes §3.4): guided-diffusion UNets
+(`model_and_diffusion_defaults()` at 256²: 128 ch, mult (1,1,2,2,4,4), attention at ds 16
+and 32, 4 heads, scale-shift norm), epsilon prediction with MSE over 1000 linear-beta
+steps, AdamW lr 1e-4 (wd 0), EMA 0.9999. Translation: DDIM reverse ODE with the H&E model
+(eta 0, no clipping) to x_T, then deterministic DDIM with the HER2 model (clipping), both
+over a respaced step count (`ddimN`). Deliberate difference: the encode stops at the level the
+decode starts from instead of going on to alphā = 0 (`encode_to_zero`; see `ddim_encode`).
+
+Pairs are never used: each model learns its own stain, so the two can be trained from
+unpaired folders. `domains` selects which model(s) a run trains; a batch missing a stain
+key (an unpaired loader) trains only the models whose stain it carries.
+`DDIB.combine(he_model_run, ihc_model_run)` joins two single-stain runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from her2core.models.base import Framework, StepContext
+from her2core.models.diffusion.common import ema_update, eval_mode, frozen_copy, in_chunks
+from her2core.models.diffusion.ddim import GaussianDiffusion
+from her2core.models.diffusion.unet import UNet, UNetConfig
+
+STAINS = ("he", "ihc")
+
+
+def _paper_unet() -> UNetConfig:
+    return UNetConfig(in_channels=3, out_channels=3, model_channels=128, channel_mult=(1, 1, 2, 2, 4, 4),
+                      num_res_blocks=2, attention_ds=(16, 32), num_heads=4, num_head_channels=-1,
+                      use_scale_shift_norm=True, resblock_updown=False)
+
+
+@dataclass
+class DDIBConfig:
+    unet: UNetConfig = field(default_factory=_paper_unet)
+    num_timesteps: int = 1000
+    domains: tuple = ("he", "ihc")  # which stain model(s) this run trains
+    # respaced DDIM steps for encoding (H&E model) and decoding (HER2 model); `steps=` overrides both
+    encode_steps: int = 250
+    decode_steps: int = 250
+    # False: stop the encode at the level the decode starts from (see GaussianDiffusion.ddim_encode);
+    # True: upstream's last step to alphā = 0
+    encode_to_zero: bool = False
+    sample_batch: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    ema_rate: float = 0.9999
+    # data (engine defaults): guided-diffusion trains on whole images with random horizontal flips
+    # and has no epoch count (it runs until stopped); 100 epochs is our default, not the reference's.
+    batch_size: int = 8
+    crop: int | None = 256
+    augment: str = "hflip"
+    epochs: float = 100
+
+
+class DDIB(Framework):
+    name = "ddib"
+    family = "dm"
+    config_class = DDIBConfig
+
+    @classmethod
+    def presets(cls):
+        return {
+            "paper": DDIBConfig(),
+            "tiny": DDIBConfig(
+                unet=UNetConfig(in_channels=3, out_channels=3, model_channels=16, channel_mult=(1, 2, 4),
+                                num_res_blocks=1, attention_ds=(4,), num_heads=2, use_scale_shift_norm=True,
+                                norm_groups=8),
+                encode_steps=50, decode_steps=50, lr=1e-3, ema_rate=0.95, batch_size=8, crop=None, epochs=50),
+        }
+
+    def __init__(self, config: DDIBConfig):
+        super().__init__(config)
+        bad = [d for d in config.domains if d not in STAINS]
+        if bad or not config.domains:
+            from her2core.errors import UserError
+            raise UserError(f"ddib: domains must be a non-empty subset of {STAINS}, got {tuple(config.domains)}")
+        self.unet_he = UNet(config.unet)
+        self.unet_ihc = UNet(config.unet)
+        self.ema_he = frozen_copy(self.unet_he)
+        self.ema_ihc = frozen_copy(self.unet_ihc)
+        self.diffusion = GaussianDiffusion(config.num_timesteps)
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"unet_he": self.unet_he, "unet_ihc": self.unet_ihc}
+
+    def ema_networks(self) -> dict[str, nn.Module]:
+        return {"unet_he": self.ema_he, "unet_ihc": self.ema_ihc}
+
+    def make_optimizers(self, total_steps: int, steps_per_epoch: int):
+        c = self.config
+        return {f"unet_{d}": (torch.optim.AdamW(getattr(self, f"unet_{d}").parameters(), lr=c.lr,
+                                                weight_decay=c.weight_decay), None)
+                for d in c.domains}
+
+    def loss(self, net: UNet, x0: torch.Tensor) -> torch.Tensor:
+        """guided-diffusion training loss: MSE of the predicted noise at uniform t."""
+        t = torch.randint(0, self.config.num_timesteps, (x0.shape[0],), device=x0.device)
+        noise = torch.randn_like(x0)
+        pred = net(self.diffusion.q_sample(x0, t, noise), t).float()
+        return (pred - noise).pow(2).mean()
+
+    def training_step(self, batch, ctx: StepContext):
+        logs = {}
+        for d in self.config.domains:
+            if d not in batch:
+                continue
+            net = getattr(self, f"unet_{d}")
+            with ctx.autocast():
+                loss = self.loss(net, batch[d].to(ctx.device))
+            ctx.backward(loss)
+            ctx.optimizer_step(f"unet_{d}")
+            ema_update(getattr(self, f"ema_{d}"), net, self.config.ema_rate)
+            logs[f"loss_{d}"] = float(loss.detach())
+        if not logs:
+            from her2core.errors import UserError
+            raise UserError(f"ddib: the batch holds none of the stains this run trains {tuple(self.config.domains)}")
+        return logs
+
+    # -- inference ----------------------------------------------------
+    def encode(self, x: torch.Tensor, *, stain: str = "he", steps: int | None = None) -> torch.Tensor:
+        """Image -> latent noise by the DDIM reverse ODE of the `stain` model (eta 0, no clipping)."""
+        net = getattr(self, f"ema_{stain}")
+        with eval_mode(net), torch.no_grad():
+            return self.diffusion.ddim_encode(net, x.float(), steps=steps or self.config.encode_steps, clip=False,
+                                              to_zero=self.config.encode_to_zero)
+
+    def decode(self, z: torch.Tensor, *, stain: str = "ihc", steps: int | None = None,
+               clip: bool = True) -> torch.Tensor:
+        """Latent noise -> image by deterministic DDIM of the `stain` model.
+
+        clip=True (upstream's translation) clips each x0 estimate to [-1, 1]; clip=False is the exact
+        inverse of `encode` (which never clips), the one to use for cycle/reconstruction checks.
+        """
+        net = getattr(self, f"ema_{stain}")
+        with eval_mode(net), torch.no_grad():
+            return self.diffusion.ddim_decode(net, z.float(), steps=steps or self.config.decode_steps, clip=clip)
+
+    @torch.no_grad()
+    def translate(self, he, *, steps=None, generator=None):
+        """H&E -> HER2. Deterministic (eta 0 both ways), so `generator` is not used."""
+        multiple = self.unet_he.downsample_factor
+
+        def run(x):
+            z = self.encode(x, stain="he", steps=steps)
+            return self.decode(z, stain="ihc", steps=steps)
+
+        return in_chunks(run, he.float(), self.config.sample_batch, multiple)
+
+    @classmethod
+    def combine(cls, he_run, ihc_run) -> DDIB:
+        """One DDIB from two single-stain runs (each trained on its own unpaired folder)."""
+        from her2core.training import load_run
+
+        he_fw, ihc_fw = load_run(he_run), load_run(ihc_run)
+        for run, fw in ((he_run, he_fw), (ihc_run, ihc_fw)):
+            if not isinstance(fw, cls):
+                from her2core.errors import UserError
+                raise UserError(f"{run}: not a ddib run ({type(fw).__name__})")
+        from her2core.util.configs import replace
+
+        if he_fw.config.unet != ihc_fw.config.unet:
+            from her2core.errors import UserError
+            raise UserError(f"{ihc_run}: its UNet settings differ from {he_run}'s; train both with one preset")
+        out = cls(replace(he_fw.config, domains=("he", "ihc")))
+        out.unet_he.load_state_dict(he_fw.unet_he.state_dict())
+        out.ema_he.load_state_dict(he_fw.ema_he.state_dict())
+        out.unet_ihc.load_state_dict(ihc_fw.unet_ihc.state_dict())
+        out.ema_ihc.load_state_dict(ihc_fw.ema_ihc.state_dict())
+        return out

@@ -1,0 +1,8 @@
+"""Building blocks shared by BBDM, DDIB and the consistency model.
+
+- `unet`: the ADM/openai UNet (exact reference parameter counts),
+- `bridge`: Brownian-bridge schedule, loss targets and sampler (BBDM),
+- `ddim`: guided-diffusion schedule, respacing, DDIM encode/decode (DDIB),
+- `karras`: EDM preconditioning with the consistency boundary condition, CT schedules, samplers,
+- `common`: seeded noise, EMA shadows, bf16 sampling autocast, chunked/padded evaluation.
+"""

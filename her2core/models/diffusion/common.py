@@ -1,0 +1,113 @@
+"""Small pieces the three diffusion frameworks share: seeded noise, EMA shadows, autocast."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import torch
+from torch import nn
+
+
+def randn(shape, generator: torch.Generator | None, device: torch.device, dtype=torch.float32) -> torch.Tensor:
+    """Gaussian noise drawn on the generator's device, then moved: same seed, same noise on any device."""
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    return torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=torch.float32).to(device, dtype)
+
+
+def sampling_autocast(device: torch.device):
+    """bf16 autocast for sampling on CUDA (issue 5 §4); float32 elsewhere (bf16 on CPU is slow)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A shadow copy (EMA or consistency target): same weights, never trained by an optimiser."""
+    shadow = copy.deepcopy(module)
+    shadow.requires_grad_(False)
+    shadow.eval()
+    return shadow
+
+
+@torch.no_grad()
+def ema_update(shadow: nn.Module, model: nn.Module, decay: float) -> None:
+    """shadow <- decay * shadow + (1 - decay) * model (decay 0 copies). Buffers are copied."""
+    for s, p in zip(shadow.parameters(), model.parameters()):
+        if decay == 0.0:
+            s.copy_(p.detach())
+        else:
+            s.lerp_(p.detach().to(s.dtype), 1.0 - decay)
+    for s, b in zip(shadow.buffers(), model.buffers()):
+        s.copy_(b)
+
+
+def extract(values: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
+    """values[t] shaped (N, 1, 1, ...) for broadcasting against an ndim tensor."""
+    out = values.to(t.device)[t]
+    return out.reshape(-1, *([1] * (ndim - 1)))
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int):
+    """Reflect-pad H and W up to a multiple of the UNet's downsampling; returns (padded, (h, w))."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, (h, w)
+
+
+def in_chunks(fn, x: torch.Tensor, chunk: int, multiple: int) -> torch.Tensor:
+    """Apply `fn` to batches of at most `chunk` tiles (bounded memory), padding to the UNet's multiple."""
+    outs = []
+    for part in x.split(max(chunk, 1)):
+        padded, (h, w) = pad_to_multiple(part, multiple)
+        with sampling_autocast(part.device):
+            outs.append(fn(padded)[..., :h, :w].float())
+    return torch.cat(outs)
+
+
+class eval_mode:
+    """Context: put modules in eval mode, restore their previous mode afterwards."""
+
+    def __init__(self, *modules: nn.Module):
+        self.modules = modules
+
+    def __enter__(self):
+        self.was = [m.training for m in self.modules]
+        for m in self.modules:
+            m.eval()
+
+    def __exit__(self, *exc):
+        for m, was in zip(self.modules, self.was):
+            m.train(was)
+
+
+class PlateauOnLoss:
+    """ReduceLROnPlateau stepped once per optimisation step on the last training loss.
+
+    The engine steps schedulers with no argument once per step; BBDM upstream calls
+    `scheduler.step(loss)` after every optimiser step, so this wrapper supplies the loss.
+    """
+
+    def __init__(self, optimizer, **kwargs):
+        self.inner = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", **kwargs)
+        self.last_loss: float | None = None
+
+    def step(self, *_args, **_kwargs):
+        if self.last_loss is not None:
+            self.inner.step(self.last_loss)
+
+    def get_last_lr(self):
+        return [g["lr"] for g in self.inner.optimizer.param_groups]
+
+    def state_dict(self):
+        state = {k: v for k, v in self.inner.state_dict().items() if k != "optimizer"}
+        state["last_loss"] = self.last_loss
+        return state
+
+    def load_state_dict(self, state):
+        state = dict(state)
+        self.last_loss = state.pop("last_loss", None)
+        self.inner.load_state_dict(state)
