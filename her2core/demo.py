@@ -10,7 +10,7 @@ Stages (outputs under OUT/):
   1. slides/            `her2 sample`: synthetic cases in both section modes + the real-H&E case
   2. registration/      `her2 register` (+ review) of every HER2 slide onto its H&E slide
   3. datasets/{same,consecutive}  `her2 tile`: same cases, same splits, two datasets
-  4. runs/              `her2 train`: Pyramid pix2pix (tiny) on each dataset, BBDM (tiny) on same
+  4. runs/              `her2 train`: Pyramid pix2pix (tiny, two seeds) and BBDM (tiny) on each dataset
   5. virtual/           `her2 translate`: a held-out synthetic region and the real H&E region
   6. eval/, compare/    `her2 evaluate` on the aligned test tiles, `her2 compare` (mixed effects)
   7. report.html        `her2 report`: review, examples, tables, figures, mixed effects, slides
@@ -41,10 +41,11 @@ class DemoConfig:
     slide_px: int = 2048                # synthetic slide side at 0.25 µm/px
     tile_px: int = 256                  # source tile side at 0.25 µm/px ...
     out_px: int = 128                   # ... written at 0.5 µm/px
-    gan_steps: int = 300
+    gan_steps: int = 600
+    gan_seeds: int = 2                  # Pyramid pix2pix runs per dataset (seeds seed, seed+1, ...)
     dm_model: str = "bbdm"
-    dm_steps: int = 100
-    dm_sample_steps: int = 10
+    dm_steps: int = 300
+    dm_sample_steps: int = 2            # BBDM at 1-2 steps is as good as at 20 on these tiles (benchmarks)
     real_region_px: int = 1024          # side of the translated real-H&E region (level 0)
     synthetic_region_px: int = 1536     # side of the translated held-out synthetic region (level 0)
     # FID/KID need an Inception pass per tile (~0.5 s on a CPU): only for these runs' main evaluation.
@@ -52,7 +53,7 @@ class DemoConfig:
 
     @classmethod
     def quick(cls) -> "DemoConfig":
-        return cls(cases=6, slide_px=2048, gan_steps=200, dm_steps=80, dm_sample_steps=5,
+        return cls(cases=6, slide_px=2048, gan_steps=300, dm_steps=100, dm_sample_steps=2,
                    real_region_px=512, synthetic_region_px=1024, set_metric_runs=())
 
 
@@ -179,16 +180,21 @@ class Demo:
         st = self._stage("train", f"her2 train --model pyramid_pix2pix --data {self.out/'datasets'}/same "
                                   f"--preset tiny --max-steps {c.gan_steps} --out {self.out/'runs'}/p2p_same")
         self.runs = {}
-        plan = [("p2p_same", "pyramid_pix2pix", "same", c.gan_steps),
-                ("p2p_consecutive", "pyramid_pix2pix", "consecutive", c.gan_steps),
-                (f"{c.dm_model}_same", c.dm_model, "same", c.dm_steps)]
-        for name, model, ds, steps in plan:
+        # Two GAN seeds and one diffusion model per dataset: the mixed-effects model needs more
+        # than one model per dataset to tell the dataset effect from model-to-model variation.
+        plan = []
+        for ds in ("same", "consecutive"):
+            plan.append((f"p2p_{ds}", "pyramid_pix2pix", ds, c.gan_steps, c.seed))
+            for k in range(1, c.gan_seeds):
+                plan.append((f"p2p_seed{k}_{ds}", "pyramid_pix2pix", ds, c.gan_steps, c.seed + k))
+            plan.append((f"{c.dm_model}_{ds}", c.dm_model, ds, c.dm_steps, c.seed))
+        for name, model, ds, steps, seed in plan:
             run_dir = self.out / "runs" / name
             t0 = time.perf_counter()
             if not (run_dir / "run.json").exists() or not _run_finished(run_dir, steps):
                 # Random 64 px crops keep CPU steps short; translation runs on whole tiles.
                 train(model, self.datasets[ds]["root"], run_dir, preset="tiny",
-                      train_config=TrainConfig(max_steps=steps, seed=c.seed, crop=64,
+                      train_config=TrainConfig(max_steps=steps, seed=seed, crop=64,
                                                checkpoint_every=max(50, steps // 4)),
                       resume=(run_dir / "run.json").exists(), progress=True)
             self.runs[name] = {"dir": run_dir, "model": model, "dataset": ds, "steps": steps,
