@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 def test_demo_chain_writes_complete_report_and_finding(tmp_path):
     from her2core.demo import Demo, DemoConfig
 
-    cfg = DemoConfig(cases=6, scores=(1, 3), slide_px=1536, gan_steps=300, gan_seeds=1, dm_steps=40,
+    cfg = DemoConfig(cases=6, scores=(1, 3), slide_px=2048, gan_steps=300, gan_seeds=1, dm_steps=40,
                      dm_sample_steps=1, real_region_px=256, synthetic_region_px=512, set_metric_runs=())
     demo = Demo(tmp_path / "demo", cfg, log=lambda m: None)
     report = demo.run()
