@@ -41,10 +41,10 @@ class DemoConfig:
     slide_px: int = 2048                # synthetic slide side at 0.25 µm/px
     tile_px: int = 256                  # source tile side at 0.25 µm/px ...
     out_px: int = 128                   # ... written at 0.5 µm/px
-    gan_steps: int = 600
+    gan_steps: int = 400
     gan_seeds: int = 2                  # Pyramid pix2pix runs per dataset (seeds seed, seed+1, ...)
     dm_model: str = "bbdm"
-    dm_steps: int = 300
+    dm_steps: int = 150
     dm_sample_steps: int = 2            # BBDM at 1-2 steps is as good as at 20 on these tiles (benchmarks)
     real_region_px: int = 1024          # side of the translated real-H&E region (level 0)
     synthetic_region_px: int = 1536     # side of the translated held-out synthetic region (level 0)
