@@ -2,6 +2,7 @@
 `paper` presets of BBDM, DDIB and the conditional consistency model, bf16 autocast.
 
     python benchmarks/gpu_diffusion.py [--size 256] [--batch 8] [--train-steps 5] [--budget-s 270]
+    python benchmarks/gpu_diffusion.py --device cpu --size 32 --batch 1 --train-steps 1  # smoke run
 
 Prints one line per measurement and writes gpu_diffusion.json into $OUT if set. Weights are
 random (speed does not depend on them). Sampling: BBDM at 200 (reference) and 20 steps, DDIB
@@ -24,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def _sync():
     import torch
 
-    torch.cuda.synchronize()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def measure_training(fw, batch, size, steps, device):
@@ -39,7 +41,8 @@ def measure_training(fw, batch, size, steps, device):
     data = {"he": torch.rand(batch, 3, size, size, device=device) * 2 - 1,
             "ihc": torch.rand(batch, 3, size, size, device=device) * 2 - 1,
             "her2_score": torch.zeros(batch, dtype=torch.long, device=device)}
-    torch.cuda.reset_peak_memory_stats()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     for i in range(steps + 1):  # first step is warm-up
         if i == 1:
             _sync()
@@ -48,7 +51,8 @@ def measure_training(fw, batch, size, steps, device):
         fw.training_step(data, ctx)
         ctx.end()
     _sync()
-    return batch * steps / (time.perf_counter() - t0), torch.cuda.max_memory_allocated() / 2**30
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
+    return batch * steps / (time.perf_counter() - t0), peak
 
 
 def measure_sampling(fw, batch, size, steps, device):
@@ -76,12 +80,13 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--train-steps", type=int, default=5)
     p.add_argument("--budget-s", type=float, default=270.0)
+    p.add_argument("--device", default="cuda", help="cuda; cpu only for a smoke run")
     args = p.parse_args(argv)
-    if not torch.cuda.is_available():
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: this check needs a GPU")
         return 1
     torch.backends.cudnn.benchmark = True
-    device = torch.device("cuda")
     plan = [("bbdm", [200, 20]), ("ddib", [50]), ("consistency", [1, 2])]
     rows, start = [], time.perf_counter()
     print(f"{'model':<12} {'what':<22} {'value':>10}  unit")
@@ -94,7 +99,7 @@ def main(argv=None) -> int:
         try:
             ips, peak = measure_training(fw, args.batch, args.size, args.train_steps, device)
             rows.append({"model": name, "what": "train", "images_per_s": ips, "peak_gib": peak})
-            print(f"{name:<12} {'train bf16 b' + str(args.batch):<22} {ips:>10.2f}  images/s (peak {peak:.1f} GiB)")
+            print(f"{name:<12} {'train bf16 b' + str(args.batch):<22} {ips:>10.2f}  images/s (peak {peak:.1f} GiB)", flush=True)
         except torch.cuda.OutOfMemoryError:
             print(f"{name:<12} train: out of memory at batch {args.batch}")
         for st in sample_steps:
@@ -103,7 +108,7 @@ def main(argv=None) -> int:
             try:
                 tps = measure_sampling(fw, args.batch, args.size, st, device)
                 rows.append({"model": name, "what": f"sample_{st}", "tiles_per_s": tps})
-                print(f"{name:<12} {f'sample {st} steps':<22} {tps:>10.3f}  tiles/s")
+                print(f"{name:<12} {f'sample {st} steps':<22} {tps:>10.3f}  tiles/s", flush=True)
             except torch.cuda.OutOfMemoryError:
                 print(f"{name:<12} sample {st}: out of memory at batch {args.batch}")
         del fw
@@ -111,7 +116,7 @@ def main(argv=None) -> int:
     out = os.environ.get("OUT")
     if out:
         Path(out, "gpu_diffusion.json").write_text(json.dumps(
-            {"size": args.size, "batch": args.batch, "device": torch.cuda.get_device_name(), "rows": rows}, indent=1))
+            {"size": args.size, "batch": args.batch, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "rows": rows}, indent=1))
     return 0
 
 

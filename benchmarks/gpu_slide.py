@@ -101,8 +101,13 @@ def main(argv=None) -> int:
 
         def tick(done, total):
             state["done"], state["total"] = done, total
-            if done == total:
+            if done == total and state["last_tile"] is None:
                 state["last_tile"] = time.perf_counter()
+                n = tr.tiles_translated - before
+                dt = state["last_tile"] - t0
+                print(f"translation done: {n} tissue tiles of {total} in {dt:.1f} s = "
+                      f"{n / dt:.1f} tiles/s ({n / dt / fwd_tps:.2f} of pure forward); "
+                      "writing the pyramid...", flush=True)
             if time.perf_counter() - t0 > args.max_seconds:
                 raise OutOfTime
 

@@ -44,6 +44,9 @@ def measure(name: str, preset: str, size: int, batch: int, steps: int, device: s
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         times.append(time.perf_counter() - t)
+        if step == 0 and dev.type == "cuda":
+            # the warm-up step's cuDNN autotuning tries workspaces far larger than training needs
+            torch.cuda.reset_peak_memory_stats(dev)
     per_step = sorted(times[1:])[len(times[1:]) // 2]
     peak = torch.cuda.max_memory_allocated(dev) / 2 ** 30 if dev.type == "cuda" else None
     return batch / per_step, peak

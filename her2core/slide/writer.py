@@ -33,17 +33,22 @@ def pyramid_shapes(height: int, width: int, min_size: int = 512) -> list[tuple[i
     return shapes
 
 
-def _downsample_into(src, dst: np.ndarray, band: int | None = None) -> None:
+def _downsample_into(src, dst: np.ndarray, band: int | None = None, workers: int | None = None) -> None:
     """2x2 area mean of `src` into `dst`, in horizontal bands (bounded memory).
 
     The band height adapts to the width so that a band holds ~24 MiB of uint16
-    whatever the slide size.
+    whatever the slide size. Bands are independent, so a few threads share them
+    (numpy releases the GIL); memory stays bounded by `workers` bands.
     """
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
     h, w = dst.shape[:2]
     sh, sw = src.shape[:2]
     if band is None:
         band = max(8, (1 << 22) // max(1, w))
-    for r0 in range(0, h, band):
+
+    def one(r0: int) -> None:
         r1 = min(r0 + band, h)
         block = np.asarray(src[2 * r0:min(2 * r1, sh)], dtype=np.uint16)
         # pad odd edges by repeating the last row/column
@@ -54,6 +59,22 @@ def _downsample_into(src, dst: np.ndarray, band: int | None = None) -> None:
             block = np.concatenate([block, block[:, -1:]], axis=1)
         s = block[0::2, 0::2] + block[1::2, 0::2] + block[0::2, 1::2] + block[1::2, 1::2]
         dst[r0:r1] = ((s + 2) // 4).astype(np.uint8)
+
+    starts = range(0, h, band)
+    workers = workers or min(8, os.cpu_count() or 1)
+    if workers <= 1 or len(starts) < 2:
+        for r0 in starts:
+            one(r0)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        # at most 2 * workers bands in flight, so memory stays bounded
+        pending = []
+        for r0 in starts:
+            pending.append(pool.submit(one, r0))
+            if len(pending) >= 2 * workers:
+                pending.pop(0).result()
+        for f in pending:
+            f.result()
 
 
 def _tiles(src, tile: int, on_tile: Callable[[], None] | None = None):
