@@ -12,12 +12,8 @@ from skimage.metrics import structural_similarity
 
 from her2core.training import TrainConfig, load_run, train
 
-# steps per framework: about a minute each on 2 CPU cores
-STEPS = {"pyramid_pix2pix": 120, "bcistainer": 120, "asp": 400}
-OVERRIDES = {}
-# ASP's PatchNCE keeps the H&E texture (stripes the IHC lacks) for many epochs; in a CPU
-# minute it beats both baselines in L1 but not yet the flat mean-colour image in SSIM.
-SSIM_SHORTFALL = {"asp"}
+# steps per framework: about a minute each on 2 CPU cores (ASP's steps are cheaper)
+STEPS = {"pyramid_pix2pix": 120, "bcistainer": 120, "asp": 600}
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +41,7 @@ def test_tiny_gan_beats_identity_and_mean_colour(name, same_section, tmp_path):
     from her2core.datasets import open_paired
     from her2core.inference.tiles import translate_batch
 
-    run = train(name, same_section, tmp_path / name, overrides=OVERRIDES.get(name), progress=False,
+    run = train(name, same_section, tmp_path / name, progress=False,
                 train_config=TrainConfig(max_steps=STEPS[name], seed=0, log_every=20,
                                          checkpoint_every=10 ** 6))
     test = open_paired(same_section, "test")
@@ -60,6 +56,4 @@ def test_tiny_gan_beats_identity_and_mean_colour(name, same_section, tmp_path):
     print(f"{name}: model L1 {model[0]:.2f} SSIM {model[1]:.4f} | identity {ident[0]:.2f} {ident[1]:.4f} "
           f"| mean colour {meanc[0]:.2f} {meanc[1]:.4f}")
     assert model[0] < ident[0] and model[0] < meanc[0]
-    if name in SSIM_SHORTFALL:
-        pytest.xfail(f"{name}: SSIM {model[1]:.3f} vs mean colour {meanc[1]:.3f} after {STEPS[name]} steps")
     assert model[1] > ident[1] and model[1] > meanc[1]

@@ -15,6 +15,7 @@ Where we deliberately differ from the reference:
 - the ASP schedule reads training progress from the engine (step / total steps) instead of
   an epoch counter, which gives the same curve for a full-length run.
 - the LR scheduler is stepped after the optimisers.
+- the `tiny` preset weights the H&E PatchNCE 0.5 instead of 10 (see `presets`); `paper` is unchanged.
 - the fake's encoder features are computed once for both NCE terms, and the key features
   (H&E, real IHC) without autograd: identical gradients, fewer passes (spectral-norm power
   iterations therefore run fewer times per step).
@@ -83,8 +84,13 @@ class ASP(Framework):
         return {
             "paper": ASPConfig(),
             # seconds on a CPU: narrow G/D, 3 blocks (NCE layers remapped to 0,4,8,12,14), 64 px crops.
+            # lambda_NCE 0.5 instead of 10: in a run of a few hundred steps the unsupervised
+            # PatchNCE to the H&E dominates and keeps H&E-only texture (eosin stripes) that the
+            # IHC lacks; the full-length paper schedule balances it with the ramped ASP term.
+            # Measured on the embedded same-section tiles, 600 steps, seeds 0/1/2: SSIM
+            # 0.70/0.64/0.69 with 0.5 vs 0.42 (400 steps) with 10; mean-colour baseline 0.56.
             "tiny": ASPConfig(ngf=16, ndf=16, n_blocks=3, n_layers_D=3, nce_layers=(0, 4, 8, 12, 14),
-                              netF_nc=64, num_patches=64, gp_num_high=3,
+                              netF_nc=64, num_patches=64, gp_num_high=3, lambda_NCE=0.5,
                               gp_weights=(0.125, 0.25, 0.5, 1.0), lr=2e-3, n_epochs=3, n_epochs_decay=1,
                               batch_size=2, crop=64, augment="hflip+vflip+rot90"),
         }
