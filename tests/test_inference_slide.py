@@ -16,7 +16,7 @@ from test_inference_support import ConvNet, border_step_ratio, synth_he
 
 from her2core.cli import main as her2
 from her2core.errors import UserError
-from her2core.inference.blend import AxisGrid, blend_block, ramp
+from her2core.inference.blend import AxisGrid, blend_block, blend_span, ramp
 from her2core.inference.model import find_working_mpp
 from her2core.inference.slide import translate_slide
 from her2core.slide import open_slide, write_pyramid
@@ -84,6 +84,26 @@ def test_ramps_sum_to_one_and_blend_reassembles_identical_tiles():
             if r1 > r0 and c1 > c0:
                 parts[r0:r1, c0:c1] = blend_block(rows, cols, (r0, r1), (c0, c1), tile)
     np.testing.assert_array_equal(parts, img)
+
+
+@pytest.mark.parametrize("length,tile,overlap", [(300, 96, 24), (410, 96, 48), (97, 96, 24), (1000, 512, 64)])
+def test_fast_blend_equals_full_blend_on_differing_tiles(length, tile, overlap):
+    """Copying single-coverage parts must give the bytes of the full weighted blend, for
+    tiles that disagree (a wrong copy or a missed overlap would show) and at region edges."""
+    rows, cols = AxisGrid(length, tile, overlap), AxisGrid(length + 37, tile, overlap)
+    rng = np.random.default_rng(length)
+    tiles = {(k, j): rng.integers(0, 256, (tile, tile, 3), dtype=np.uint8)
+             for k in range(rows.count) for j in range(cols.count)}
+    def get(k, j):
+        return tiles[(k, j)]
+    for k in range(rows.count):
+        for j in range(cols.count):
+            r, c = rows.block(k), cols.block(j)
+            if r[1] > r[0] and c[1] > c[0]:
+                np.testing.assert_array_equal(blend_block(rows, cols, r, c, get),
+                                              blend_span(rows, cols, r, c, get))
+    whole = ((0, rows.length), (0, cols.length))
+    np.testing.assert_array_equal(blend_block(rows, cols, *whole, get), blend_span(rows, cols, *whole, get))
 
 
 # ----------------------------------------------------------------------------- slides

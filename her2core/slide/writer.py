@@ -36,9 +36,10 @@ def pyramid_shapes(height: int, width: int, min_size: int = 512) -> list[tuple[i
 def _downsample_into(src, dst: np.ndarray, band: int | None = None, workers: int | None = None) -> None:
     """2x2 area mean of `src` into `dst`, in horizontal bands (bounded memory).
 
-    The band height adapts to the width so that a band holds ~24 MiB of uint16
-    whatever the slide size. Bands are independent, so a few threads share them
-    (numpy releases the GIL); memory stays bounded by `workers` bands.
+    The band height adapts to the width so that a band's source rows hold ~24 MiB
+    of uint16 (4 Mi source pixels x 3 channels x 2 bytes) whatever the slide size.
+    Bands are independent, so a few threads share them (numpy releases the GIL);
+    at most `workers` + 1 bands are in flight.
     """
     import os
     from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +47,7 @@ def _downsample_into(src, dst: np.ndarray, band: int | None = None, workers: int
     h, w = dst.shape[:2]
     sh, sw = src.shape[:2]
     if band is None:
-        band = max(8, (1 << 22) // max(1, w))
+        band = max(8, (1 << 20) // max(1, w))
 
     def one(r0: int) -> None:
         r1 = min(r0 + band, h)
@@ -67,11 +68,10 @@ def _downsample_into(src, dst: np.ndarray, band: int | None = None, workers: int
             one(r0)
         return
     with ThreadPoolExecutor(workers) as pool:
-        # at most 2 * workers bands in flight, so memory stays bounded
         pending = []
         for r0 in starts:
             pending.append(pool.submit(one, r0))
-            if len(pending) >= 2 * workers:
+            if len(pending) > workers:
                 pending.pop(0).result()
         for f in pending:
             f.result()
@@ -98,7 +98,7 @@ def write_pyramid(path: str | Path, source, *, mpp: float, tile: int = 256,
     """Write `source` (H, W, 3) uint8 as a pyramidal OME-TIFF at `path`; returns the path.
 
     `progress(done, total)` is called per written tile (all levels).
-    `compression`: 'zlib' (lossless, default), 'jpeg' (smaller, lossy) or None.
+    `compression`: 'zlib' (lossless deflate, level 1; default), 'jpeg' (smaller, lossy) or None.
     """
     import tifffile
 
@@ -135,6 +135,9 @@ def write_pyramid(path: str | Path, source, *, mpp: float, tile: int = 256,
     res = (1e4 / mpp, 1e4 / mpp)  # pixels per centimetre
     opts = dict(tile=(tile, tile), photometric="rgb", compression=compression,
                 resolutionunit="CENTIMETER")
+    if compression == "zlib":
+        # deflate level 1: ~3x faster to write than the default 6, files ~10 % larger
+        opts["compressionargs"] = {"level": 1}
     with tempfile.TemporaryDirectory(prefix=".pyramid-", dir=path.parent if path.parent.exists() else None) as tmpdir, \
             atomic_path(path) as tmp_out:
         levels = [source]
