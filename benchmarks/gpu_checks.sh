@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every prepared GPU check in one call (at most ~8.5 minutes on one H200; 7 measured), for a lent GPU machine:
+# Every prepared GPU check in one call (at most ~8.5 minutes on one H200), for a lent GPU machine:
 #   issue #4  gpu_train.py      paper presets at 512², bf16 vs fp32: images/s and peak memory
 #   issue #7  gpu_slide.py      a 40960² synthetic slide through Pyramid pix2pix `paper` in bf16
 #   issue #5  gpu_diffusion.py  diffusion paper presets at 256²: training and sampling speed
