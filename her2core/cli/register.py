@@ -21,30 +21,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from tqdm import tqdm
-
+    from her2core.cli._bars import named_bars
     from her2core.registration import RegistrationConfig, register
 
     cfg = RegistrationConfig(max_rotation=args.max_rotation, review_region=args.review_region,
                              review_threshold_um=args.threshold_um, seed=args.seed)
     if args.no_field:
         cfg.field_passes = ()
-    bars: dict[str, tqdm] = {}
-
-    def progress(stage, i, n):
-        bar = bars.get(stage)
-        if bar is None:
-            bar = bars[stage] = tqdm(total=n, desc=stage, unit="step", leave=False)
-        bar.n = i
-        bar.refresh()
-
-    try:
+    with named_bars("step") as progress:
         res = register(args.he, args.her2, args.out, he_mpp=args.he_mpp or args.mpp,
                        her2_mpp=args.her2_mpp or args.mpp, config=cfg, write_image=not args.no_image,
                        progress=progress)
-    finally:
-        for b in bars.values():
-            b.close()
     print(f"transform: {res.transform_path}")
     if res.registered_path:
         print(f"registered HER2: {res.registered_path}")

@@ -73,8 +73,7 @@ def build_config(args):
 def run(args) -> int:
     from pathlib import Path
 
-    from tqdm import tqdm
-
+    from her2core.cli._bars import named_bars
     from her2core.errors import UserError
     from her2core.tiling import Case, build_dataset, read_cases_csv
 
@@ -95,21 +94,9 @@ def run(args) -> int:
     else:
         raise UserError("give --cases CSV, or --he with --her2-registered (or --her2 and --transform)")
     cfg = build_config(args)
-    bars = {}
-
-    def progress(case, i, n):
-        bar = bars.get(case)
-        if bar is None:
-            bar = bars[case] = tqdm(total=n, desc=case, unit="tile", leave=False)
-        bar.n = i
-        bar.refresh()
-
-    try:
+    with named_bars("tile") as progress:
         s = build_dataset(cases, args.out, cfg, splits=splits, mpp=args.mpp, workers=args.workers,
                           progress=progress)
-    finally:
-        for b in bars.values():
-            b.close()
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(s["reasons"].items())) or "none"
     print(f"{s['kept']} of {s['candidates']} tiles kept (train {s['per_split']['train']}, val "
           f"{s['per_split']['val']}, test {s['per_split']['test']}); dropped: {reasons} -> {args.out}/manifest.csv")

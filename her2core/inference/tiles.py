@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from her2core.datasets.paired import read_rgb
 from her2core.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -38,16 +39,6 @@ def translate_batch(framework, he_uint8, *, steps: int | None = None, seed: int 
         y = framework.translate(x, steps=steps, generator=gen)
     y = ((y.float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
     return y.permute(0, 2, 3, 1).cpu().numpy()
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return np.array(im.convert("RGB"))
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise UserError(f"{path}: cannot read image ({exc}); replace or remove the file") from None
 
 
 def translate_tile_folder(run_or_framework, in_dir, out_dir, *, steps: int | None = None, batch_size: int = 8,
@@ -97,7 +88,7 @@ def translate_tile_folder(run_or_framework, in_dir, out_dir, *, steps: int | Non
                 bar.update(len(group))
 
         for i, path in todo:
-            img = _read_rgb(path)
+            img = read_rgb(path)
             key = img.shape
             pending.setdefault(key, []).append((i, path, img))
             if len(pending[key]) >= batch_size:

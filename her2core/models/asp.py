@@ -112,15 +112,9 @@ class ASP(Framework):
         return {"G": self.G, "F": self.F, "D": self.D}
 
     def make_optimizers(self, total_steps, steps_per_epoch):
-        from her2core.training.schedules import linear_decay
+        from her2core.training.schedules import adam_linear_decay
 
-        c = self.config
-        out = {}
-        for name, net in (("D", self.D), ("G", self.G), ("F", self.F)):
-            opt = torch.optim.Adam(net.parameters(), lr=c.lr, betas=(c.beta1, c.beta2))
-            out[name] = (opt, torch.optim.lr_scheduler.LambdaLR(
-                opt, linear_decay(total_steps, c.n_epochs, c.n_epochs_decay)))
-        return out
+        return adam_linear_decay({"D": self.D, "G": self.G, "F": self.F}, self.config, total_steps)
 
     def _nce(self, feat_q, src, progress: float | None):
         """Mean over layers of the PatchNCE between query features `feat_q` (of the fake) and

@@ -81,15 +81,9 @@ class PyramidPix2Pix(Framework):
         return {"G": self.G, "D": self.D}
 
     def make_optimizers(self, total_steps, steps_per_epoch):
-        from her2core.training.schedules import linear_decay
+        from her2core.training.schedules import adam_linear_decay
 
-        c = self.config
-        out = {}
-        for name, net in (("D", self.D), ("G", self.G)):
-            opt = torch.optim.Adam(net.parameters(), lr=c.lr, betas=(c.beta1, c.beta2))
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_decay(total_steps, c.n_epochs, c.n_epochs_decay))
-            out[name] = (opt, sched)
-        return out
+        return adam_linear_decay({"D": self.D, "G": self.G}, self.config, total_steps)
 
     def training_step(self, batch, ctx):
         c = self.config

@@ -13,6 +13,7 @@ Memory stays bounded: one tile pair at a time per worker, whatever the slide siz
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -245,18 +246,8 @@ def tile_case(case: Case, split: str, out_dir: Path, cfg: TileConfig, *, mpp: fl
                 fh.write(",".join(COLUMNS) + "\n")
             if progress is not None:
                 progress(len(done), total)
-            if workers > 1:
-                with ThreadPoolExecutor(workers) as ex:
-                    results = ex.map(work, todo)
-                    for row in results:
-                        fh.write(_row_csv(row))
-                        fh.flush()
-                        rows.append(row)
-                        if progress is not None:
-                            progress(len(rows), total)
-            else:
-                for item in todo:
-                    row = work(item)
+            with ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as ex:
+                for row in (ex.map(work, todo) if ex is not None else map(work, todo)):
                     fh.write(_row_csv(row))
                     fh.flush()
                     rows.append(row)

@@ -39,3 +39,16 @@ def warmup_cosine(total_steps: int, epochs: float, warmup_epochs: float,
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * (e - warmup_epochs) / span))
 
     return f
+
+
+def adam_linear_decay(nets: dict, config, total_steps: int) -> dict:
+    """pix2pix/CUT optimisers: one Adam(lr, (beta1, beta2)) per network, each with the
+    `linear_decay` schedule of `config.n_epochs` + `config.n_epochs_decay`."""
+    import torch
+
+    out = {}
+    for name, net in nets.items():
+        opt = torch.optim.Adam(net.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
+        out[name] = (opt, torch.optim.lr_scheduler.LambdaLR(
+            opt, linear_decay(total_steps, config.n_epochs, config.n_epochs_decay)))
+    return out
