@@ -57,6 +57,12 @@ class DemoConfig:
                    real_region_px=512, synthetic_region_px=1024, set_metric_runs=())
 
 
+# Consecutive sections never align cell to cell: like BCI, keep tiles whose tissue aligns at
+# ~20 µm (shift measured on blurred hematoxylin), not at 5 µm.
+_CONSECUTIVE_QC = {"max_shift_um": 20.0, "shift_smooth_um": 6.0}
+_CONSECUTIVE_QC_FLAGS = [f"--{k.replace('_', '-')} {v:g}" for k, v in _CONSECUTIVE_QC.items()]
+
+
 @dataclass
 class StageLog:
     name: str
@@ -115,7 +121,11 @@ class Demo:
         from her2core.registration.pipeline import register
         from her2core.sample import load_truth
 
-        st = self._stage("register + review", f"her2 register HE HER2 --out {self.out/'registration'}/CASE")
+        first = self.case_dirs[0]
+        st = self._stage("register + review",
+                         f"her2 register {first/'he.ome.tif'} {first/'her2.ome.tif'} "
+                         f"--out {self.out/'registration'/first.name}")
+        self.log(f"      (likewise for each of the {len(self.case_dirs)} pairs)")
         self.registrations: dict[str, dict] = {}
         for d in self.case_dirs:
             truth = load_truth(d / "truth.json")
@@ -138,33 +148,38 @@ class Demo:
 
     # -- 3. datasets -------------------------------------------------------------------------
     def tile(self) -> None:
-        from her2core.tiling import Case, QCConfig, TileConfig, assign_splits, build_dataset, save_splits
+        from her2core.tiling import QCConfig, TileConfig, assign_splits, build_dataset, save_splits
+        from her2core.tiling.cases import read_cases_csv, write_cases_csv
 
         c = self.cfg
-        st = self._stage("tile two datasets (same splits)",
-                         f"her2 tile CASES.csv --out {self.out/'datasets'}/same --splits splits.json")
         synthetic = [d for d in self.case_dirs if d.name != "cmu1_real"]
         scores = {}
         for d in synthetic:
             base = d.name.rsplit("_", 1)[0]
             scores[base] = self.registrations[d.name]["truth"]["her2_score"]
         splits = assign_splits(scores, seed=c.seed)
-        save_splits(self.out / "datasets" / "splits.json", splits)
+        splits_file = self.out / "datasets" / "splits.json"
+        save_splits(splits_file, splits)
+        st = self._stage("tile two datasets (same splits)",
+                         f"her2 tile --cases {self.out/'datasets'/'cases_same.csv'} "
+                         f"--out {self.out/'datasets'/'same'} --splits {splits_file} --seed {c.seed} "
+                         f"--tile-px {c.tile_px} --source-mpp 0.25 --out-px {c.out_px} --out-mpp 0.5")
+        self.log("      (likewise cases_consecutive.csv -> consecutive, with "
+                 f"{' '.join(_CONSECUTIVE_QC_FLAGS)})")
         self.datasets = {}
         for mode in ("same", "consecutive"):
-            # Consecutive sections never align cell to cell: like BCI, keep tiles whose tissue
-            # aligns at ~20 µm (shift measured on blurred hematoxylin), not at 5 µm.
-            qc = QCConfig() if mode == "same" else QCConfig(max_shift_um=20.0, shift_smooth_um=6.0)
+            qc = QCConfig() if mode == "same" else QCConfig(**_CONSECUTIVE_QC)
             cfg = TileConfig(tile_px=c.tile_px, source_mpp=0.25, out_px=c.out_px, out_mpp=0.5,
                              seed=c.seed, qc=qc)
-            cases = []
+            rows = []
             for d in synthetic:
                 base, m = d.name.rsplit("_", 1)
-                if m != mode:
-                    continue
-                reg = self.registrations[d.name]["dir"]
-                cases.append(Case(case=base, he=d / "he.ome.tif", her2_score=str(scores[base]),
-                                  her2_registered=reg / "her2_registered.ome.tif", mode=mode).check("demo"))
+                if m == mode:
+                    reg = self.registrations[d.name]["dir"]
+                    rows.append({"case": base, "he": d / "he.ome.tif", "her2_score": scores[base],
+                                 "her2_registered": reg / "her2_registered.ome.tif", "mode": mode})
+            # The same cases CSV a user would give `her2 tile --cases`, read by the same reader.
+            cases = read_cases_csv(write_cases_csv(self.out / "datasets" / f"cases_{mode}.csv", rows))
             root = self.out / "datasets" / mode
             summary = build_dataset(cases, root, cfg, splits=splits)
             self.datasets[mode] = {"root": root, "summary": summary}
@@ -177,8 +192,11 @@ class Demo:
         from her2core.training import TrainConfig, train
 
         c = self.cfg
-        st = self._stage("train", f"her2 train --model pyramid_pix2pix --data {self.out/'datasets'}/same "
-                                  f"--preset tiny --max-steps {c.gan_steps} --out {self.out/'runs'}/p2p_same")
+        st = self._stage("train", f"her2 train --model pyramid_pix2pix --data {self.out/'datasets'/'same'} "
+                                  f"--preset tiny --max-steps {c.gan_steps} --seed {c.seed} --crop 64 "
+                                  f"--checkpoint-every {max(50, c.gan_steps // 4)} "
+                                  f"--out {self.out/'runs'/'p2p_same'}")
+        self.log(f"      (likewise {c.gan_seeds - 1} more pix2pix seed(s) and {c.dm_model} on each dataset)")
         self.runs = {}
         # Two GAN seeds and one diffusion model per dataset: the mixed-effects model needs more
         # than one model per dataset to tell the dataset effect from model-to-model variation.
@@ -208,21 +226,25 @@ class Demo:
         from her2core.slide import open_slide
 
         c = self.cfg
-        st = self._stage("translate slide regions",
-                         f"her2 translate --run {self.out/'runs'}/p2p_same --slide HE --region x,y,w,h "
-                         f"--out {self.out/'virtual'}/NAME.ome.tif")
         test_cases = sorted(k for k, v in self.splits.items() if v == "test")
         held_out = self.out / "slides" / f"{test_cases[0]}_same"
         real = self.out / "slides" / "cmu1_real"
-        self.virtual = {}
+        run_dir = self.runs["p2p_same"]["dir"]
+        plans = []
         for label, case_dir, side in (("held-out synthetic", held_out, c.synthetic_region_px),
                                       ("real H&E (CMU-1)", real, c.real_region_px)):
             with open_slide(case_dir / "he.ome.tif") as s:
                 w, h = s.dimensions
             side = min(side, w, h)
             region = ((w - side) // 2, (h - side) // 2, side, side)
-            out = self.out / "virtual" / f"{case_dir.name}_virtual.ome.tif"
-            translate_slide(self.runs["p2p_same"]["dir"], case_dir / "he.ome.tif", out, region=region,
+            plans.append((label, case_dir, region, self.out / "virtual" / f"{case_dir.name}_virtual.ome.tif"))
+        st = self._stage("translate slide regions", "  &&  ".join(
+            f"her2 translate --run {run_dir} --slide {case_dir/'he.ome.tif'} "
+            f"--region {','.join(map(str, region))} --seed {c.seed} --out {out} --overwrite"
+            for _, case_dir, region, out in plans))
+        self.virtual = {}
+        for label, case_dir, region, out in plans:
+            translate_slide(run_dir, case_dir / "he.ome.tif", out, region=region,
                             overwrite=True, seed=c.seed, progress=True)
             self.virtual[label] = {"case": case_dir, "region": region, "path": out}
         self._done(st, virtual={k: str(v["path"]) for k, v in self.virtual.items()})
@@ -233,9 +255,11 @@ class Demo:
         from her2core.evaluation.evaluate import EvalSettings, evaluate_run
 
         st = self._stage("evaluate + compare",
-                         f"her2 evaluate --run RUN --data {self.out/'datasets'}/same --split test "
-                         f"--out {self.out/'eval'}/RUN  &&  her2 compare {self.out/'eval'}/* "
-                         f"--out {self.out/'compare'}")
+                         f"her2 evaluate --run {self.out/'runs'/'p2p_same'} --data {self.out/'datasets'/'same'} "
+                         f"--split test --model p2p_same --dataset same --mpp 0.5 --kid-subset-size 50 "
+                         f"--out {self.out/'eval'/'p2p_same__on_same'}  &&  "
+                         f"her2 compare {self.out/'eval'}/*__on_same --out {self.out/'compare'}")
+        self.log("      (likewise every run on both test sets; the comparison uses the aligned tiles)")
         self.evals = {}
         for name, run in self.runs.items():
             for test_ds in ("same", "consecutive"):
@@ -316,11 +340,15 @@ def _counts(summary: dict) -> dict:
 
 
 def _run_finished(run_dir: Path, steps: int) -> bool:
+    """True when the run's newest checkpoint has reached `steps` (the demo then skips training)."""
+    from her2core.errors import UserError
+    from her2core.training.checkpoint import find
+
     try:
-        info = json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError):
+        _, record = find(run_dir / "checkpoints")
+    except (UserError, OSError, ValueError, KeyError):
         return False
-    return int(info.get("step", info.get("last_step", -1)) or -1) >= steps
+    return int(record.get("step", -1)) >= steps
 
 
 def _dataset_effect(csv_path: Path) -> dict | None:

@@ -29,18 +29,15 @@ from magicgui.widgets import (
 from napari_her2stain import _jobs, _qupath
 from napari_her2stain import _layers as L
 
-DIFFUSION_FAMILIES = {"diffusion"}
-DIFFUSION_NAMES = {"bbdm", "ddib", "consistency"}
-
 
 def run_summary(run_dir) -> dict:
     """Framework name and family of a `her2 train` run folder (reads run.json, no weights)."""
+    from her2core.models import registry
     from her2core.training import read_run
 
     run = read_run(run_dir)
     name = run.get("framework", "?")
-    diffusion = run.get("family") in DIFFUSION_FAMILIES or name in DIFFUSION_NAMES
-    return {"framework": name, "preset": run.get("preset"), "diffusion": diffusion}
+    return {"framework": name, "preset": run.get("preset"), "diffusion": registry.family(name) == "dm"}
 
 
 def roi_features(vertices_rc: np.ndarray, shape_type: str, name: str | None = None):

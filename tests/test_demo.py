@@ -14,7 +14,8 @@ def test_demo_chain_writes_complete_report_and_finding(tmp_path):
 
     cfg = DemoConfig(cases=6, scores=(1, 3), slide_px=2048, gan_steps=300, gan_seeds=1, dm_steps=40,
                      dm_sample_steps=1, real_region_px=256, synthetic_region_px=512, set_metric_runs=())
-    demo = Demo(tmp_path / "demo", cfg, log=lambda m: None)
+    printed: list[str] = []
+    demo = Demo(tmp_path / "demo", cfg, log=printed.append)
     report = demo.run()
     html = report.read_text()
     for title in ("Key finding", "Registration review", "Virtual HER2 slides", "Evaluation of p2p_same",
@@ -32,3 +33,13 @@ def test_demo_chain_writes_complete_report_and_finding(tmp_path):
     assert f["ssim_same_trained"] > f["ssim_consecutive_trained"]
     assert (tmp_path / "demo" / "compare" / "mixed_effects.csv").exists()
     assert (tmp_path / "demo" / "demo_summary.json").exists()
+    # every command the demo prints is one the real `her2` parser takes
+    from test_readme_commands import her2_argv
+
+    from her2core.cli import build_parser
+
+    shown = [c.strip() for m in printed for ln in m.splitlines() if ln.strip().startswith("$ ")
+             for c in ln.strip()[2:].split("&&")]
+    assert len(shown) >= 8
+    for command in shown:
+        build_parser().parse_args(her2_argv(command))

@@ -36,7 +36,7 @@ def cases_csv(tmp_path_factory):
         "geometry": {"type": "Polygon", "coordinates": [[[30, 20], [400, 40], [380, 280], [20, 260],
                                                           [30, 20]]]}}]}))
     csv = d / "cases.csv"
-    csv.write_text("case,slide,roi,her2\nA,A.ome.tif,A_roi.geojson,A_her2.ome.tif\nB,B.ome.tif,,\n")
+    csv.write_text("case,he,rois,her2_registered\nA,A.ome.tif,A_roi.geojson,A_her2.ome.tif\nB,B.ome.tif,,\n")
     return csv
 
 
@@ -91,15 +91,41 @@ def test_bad_case_is_reported_and_the_batch_goes_on(tmp_path, cases_csv, capsys)
 def test_cases_csv_errors(tmp_path):
     bad = tmp_path / "c.csv"
     bad.write_text("path\nx.tif\n")
-    with pytest.raises(UserError, match="'slide' column"):
+    with pytest.raises(UserError, match="missing column.*he"):
         read_cases(bad)
-    bad.write_text("slide\nmissing.tif\n")
+    bad.write_text("he\nmissing.tif\n")
     with pytest.raises(UserError, match="not found"):
         read_cases(bad)
     (tmp_path / "s.tif").write_bytes(b"")
-    bad.write_text("slide,case\ns.tif,X\ns.tif,X\n")
+    bad.write_text("he,case\ns.tif,X\ns.tif,X\n")
     with pytest.raises(UserError, match="repeats"):
         read_cases(bad)
+
+
+def test_one_cases_schema_for_tile_and_batch(tmp_path, capsys):
+    """`her2 tile` and `her2 batch` read the same file; BOM and old batch columns are accepted."""
+    from her2core.tiling.cases import read_cases_csv, write_cases_csv
+
+    for name in ("he.tif", "reg.tif", "r.geojson"):
+        (tmp_path / name).write_bytes(b"")
+    csv = write_cases_csv(tmp_path / "cases.csv", [
+        {"case": "c1", "he": tmp_path / "he.tif", "her2_registered": tmp_path / "reg.tif",
+         "her2_score": "2+", "rois": tmp_path / "r.geojson", "mode": "same"}])
+    assert csv.read_text().splitlines()[1] == "c1,he.tif,2+,reg.tif,r.geojson,same"
+    (tiled,) = read_cases_csv(csv)
+    (batched,) = read_cases(csv)
+    assert tiled == batched and tiled.her2_registered == tmp_path / "reg.tif"
+    csv.write_bytes(b"\xef\xbb\xbf" + csv.read_bytes())  # Excel's UTF-8 BOM
+    assert read_cases_csv(csv) == [tiled]
+    old = tmp_path / "old.csv"
+    old.write_text("case,slide,roi,her2\nc1,he.tif,r.geojson,reg.tif\n")
+    (c,) = read_cases(old)
+    assert (c.he, c.rois, c.her2_registered) == (tiled.he, tiled.rois, tiled.her2_registered)
+    assert "old `her2 batch` columns" in capsys.readouterr().err
+    unpaired = write_cases_csv(tmp_path / "x.csv", [{"case": "x", "he": tmp_path / "he.tif", "her2_score": "0"}])
+    assert read_cases(unpaired)[0].her2_registered is None  # batch: translate only
+    with pytest.raises(UserError, match="needs her2_registered"):
+        read_cases_csv(unpaired)  # tile: a pair is needed
 
 
 DRIVER = """

@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-# name -> one-line help, in the order users meet them (see DESIGN.md).
+# name -> one-line help, in the order users meet them (docs/architecture.md).
 SUBCOMMANDS: dict[str, str] = {
     "sample": "make embedded example slides and datasets",
     "register": "register a HER2 slide onto its H&E slide; writes the transform and a review",

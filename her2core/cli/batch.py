@@ -1,7 +1,7 @@
 """`her2 batch CASES.csv --out DIR`: virtual HER2 for many slides; finished cases are skipped.
 
-CASES.csv has a header with `slide` and optionally `roi`, `her2` (real HER2 slide,
-registered) and `case`. Share the work over GPUs or processes with
+CASES.csv is the cases CSV of `her2 tile`; here only `he` is needed, and optionally `rois`,
+`her2_registered` (the real HER2 on the H&E grid: gives metrics.json) and `case`. Share the work over GPUs or processes with
 `torchrun --nproc-per-node N -m her2core batch ...` (same outputs as one process).
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("cases", type=Path, help="CSV: slide[, roi][, her2][, case]")
+    p.add_argument("cases", type=Path, help="cases CSV: he[, rois][, her2_registered][, case] (the file of `her2 tile`)")
     p.add_argument("--run", required=True, type=Path, help="run folder written by `her2 train`")
     p.add_argument("--out", required=True, type=Path, help="output folder (one subfolder per case)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (diffusion models)")

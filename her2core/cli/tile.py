@@ -1,7 +1,8 @@
 """`her2 tile`: a paired tile dataset (tissue ∩ ROIs, QC, case-stratified splits, manifest).
 
-Cases CSV columns (header row; paths relative to the CSV): case, he, her2_registered (or her2 and
-transform), her2_score (0, 1+, 2+, 3+), optional rois (QuPath GeoJSON on the H&E slide), optional mode.
+Cases CSV (the same file `her2 batch` reads; header row; paths relative to the CSV): case, he,
+her2_registered (or her2 and transform), her2_score (0, 1+, 2+, 3+), optional rois (QuPath GeoJSON
+on the H&E slide), optional mode.
 """
 
 from __future__ import annotations

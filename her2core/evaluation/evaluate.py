@@ -25,9 +25,6 @@ PIXEL_COLUMNS = ["psnr", "ssim", "ssim_gaussian", "ms_ssim"]
 DAB_COLUMNS = ["dab_od_mae", "iod_ratio", "dab_grid_r", "dab_pos_frac_virtual",
                "dab_pos_frac_real", "her2_proxy_virtual", "her2_proxy_real"]
 DEFAULT_MPP = 0.5  # the study's working scale (HER2match 1024^2 at 0.25 um/px halved)
-#: frameworks of the six models (also in her2core.models.registry as Framework.family)
-KNOWN_FAMILIES = {"pyramid_pix2pix": "gan", "asp": "gan", "bcistainer": "gan",
-                  "bbdm": "dm", "ddib": "dm", "consistency": "dm"}
 
 
 @dataclass
@@ -48,17 +45,11 @@ class EvalSettings:
 
 
 def framework_of(model: str) -> str:
-    """'gan' or 'dm' for a known model name, else ''."""
-    key = model.lower().replace("-", "_")
-    try:
-        from her2core.models import registry
+    """'gan' or 'dm' when `model` names a registered framework, else '' (a run name, say)."""
+    from her2core.models import registry
 
-        fam = getattr(registry.get(key), "family", "")
-        if fam:
-            return fam
-    except Exception:  # noqa: BLE001, S110 - model module not importable here: use the table
-        pass
-    return KNOWN_FAMILIES.get(key, "")
+    key = model.lower().replace("-", "_")
+    return registry.family(key) if key in registry.names() else ""
 
 
 def evaluate_folders(pred_dir, target_dir, out_dir, settings: EvalSettings | None = None, *,

@@ -1,10 +1,10 @@
 """Virtual HER2 for many slides from a CSV of cases: per-slide folders, resumable, torchrun-shared.
 
-CASES.csv columns (header row; paths relative to the CSV's folder):
-    slide   H&E slide (required)
-    roi     QuPath GeoJSON of the ROIs to translate (optional; default the whole slide)
-    her2    the real HER2 slide, registered onto the H&E (optional; gives metrics.json)
-    case    case id, the output folder's name (optional; default the slide's file stem)
+CASES.csv is the cases CSV of `her2 tile` (`her2core.tiling.cases`); here only `he` is required:
+    he               H&E slide to translate
+    rois             QuPath GeoJSON of the ROIs to translate (optional; default the whole slide)
+    her2_registered  the real HER2 slide on the H&E grid (optional; gives metrics.json)
+    case             case id, the output folder's name (optional; default the slide's file stem)
 
 Per case, OUT/<case>/ receives
     virtual_her2.ome.tif  pyramidal OME-TIFF at the model's working mpp, origin = region origin
@@ -24,16 +24,15 @@ see OUT on one file system.
 
 from __future__ import annotations
 
-import csv
 import os
 import sys
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from her2core.errors import UserError
 from her2core.inference.slide import DEFAULT_OVERLAP, DEFAULT_TILE, Team, translate_slide
+from her2core.tiling.cases import Case, read_cases_csv
 from her2core.util.atomic import write_json
 
 VIRTUAL_NAME = "virtual_her2.ome.tif"
@@ -42,61 +41,9 @@ METRICS_NAME = "metrics.json"
 DONE_NAME = "DONE"
 
 
-@dataclass(frozen=True)
-class Case:
-    case_id: str
-    slide: Path
-    roi: Path | None = None
-    her2: Path | None = None
-
-
 def read_cases(csv_path: str | Path) -> list[Case]:
-    """Parse CASES.csv; every problem is a UserError naming the line."""
-    csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise UserError(f"{csv_path}: cases file not found")
-    base = csv_path.parent
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        fields = [c.strip().lower() for c in (reader.fieldnames or [])]
-        if "slide" not in fields:
-            raise UserError(f"{csv_path}: needs a header row with a 'slide' column "
-                            "(optional: roi, her2, case)")
-        cases: list[Case] = []
-        seen: dict[str, int] = {}
-        for line, row in enumerate(reader, start=2):
-            row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
-            if not row.get("slide"):
-                if any(row.values()):
-                    raise UserError(f"{csv_path}:{line}: empty 'slide'")
-                continue
-
-            slide = _case_path(row, "slide", base, f"{csv_path}:{line}")
-            case_id = row.get("case") or row.get("case_id") or slide.name.split(".")[0]
-            if any(ch in case_id for ch in "/\\") or case_id in (".", ".."):
-                raise UserError(f"{csv_path}:{line}: case id {case_id!r} cannot be a folder name")
-            if case_id in seen:
-                raise UserError(f"{csv_path}:{line}: case id {case_id!r} repeats line {seen[case_id]}; "
-                                "add a 'case' column with unique ids")
-            seen[case_id] = line
-            where = f"{csv_path}:{line}"
-            cases.append(Case(case_id, slide, _case_path(row, "roi", base, where),
-                              _case_path(row, "her2", base, where)))
-    if not cases:
-        raise UserError(f"{csv_path}: no cases listed")
-    return cases
-
-
-def _case_path(row: dict, key: str, base: Path, where: str) -> Path | None:
-    """The file named in column `key` (relative to the CSV's folder), None when empty."""
-    v = row.get(key)
-    if not v:
-        return None
-    p = Path(v).expanduser()
-    p = p if p.is_absolute() else base / p
-    if not p.exists():
-        raise UserError(f"{where}: {key} file {v!r} not found")
-    return p
+    """The cases CSV of `her2 tile` (see `her2core.tiling.cases`); only `he` is required here."""
+    return read_cases_csv(csv_path, paired=False)
 
 
 def distributed_team() -> tuple[Team, Any]:
@@ -138,8 +85,8 @@ def run_batch(run, cases_csv: str | Path, out_dir: str | Path, *, steps: int | N
     try:
         cases = read_cases(cases_csv)
         out_dir = Path(out_dir)
-        pending = [c for c in cases if not (out_dir / c.case_id / DONE_NAME).exists()]
-        summary = [{"case": c.case_id, "status": "skipped (DONE)"} for c in cases if c not in pending]
+        pending = [c for c in cases if not (out_dir / c.case / DONE_NAME).exists()]
+        summary = [{"case": c.case, "status": "skipped (DONE)"} for c in cases if c not in pending]
         team.barrier()  # every rank has decided on the same pending list before anyone writes
         if team.rank == 0:
             for s in summary:
@@ -149,12 +96,12 @@ def run_batch(run, cases_csv: str | Path, out_dir: str | Path, *, steps: int | N
         translator = load_translator(run, device=device, steps=steps, precision=precision)
         for i, case in enumerate(pending):
             leader = i % team.world
-            case_dir = out_dir / case.case_id
+            case_dir = out_dir / case.case
             try:
                 # a bad case (no mpp, ROI off the slide, ...) fails the same way on every rank,
                 # before any barrier: it is reported and the batch goes on
                 virtual = translate_slide(
-                    translator, case.slide, case_dir / VIRTUAL_NAME, roi=case.roi,
+                    translator, case.he, case_dir / VIRTUAL_NAME, roi=case.rois,
                     batch_size=batch_size, seed=seed, work_mpp=work_mpp, tile=tile,
                     overlap=overlap, overwrite=True, progress=progress and team.rank == leader,
                     team=team, leader=leader)
@@ -162,8 +109,8 @@ def run_batch(run, cases_csv: str | Path, out_dir: str | Path, *, steps: int | N
                     summary.append(_finish_case(case, case_dir, virtual, metric_tile))
             except UserError as exc:
                 if team.rank == leader:
-                    print(f"{case.case_id}: error: {exc}", file=sys.stderr)
-                    summary.append({"case": case.case_id, "status": f"error: {exc}"})
+                    print(f"{case.case}: error: {exc}", file=sys.stderr)
+                    summary.append({"case": case.case, "status": f"error: {exc}"})
         return summary
     finally:
         cleanup()
@@ -178,21 +125,21 @@ def _finish_case(case: Case, case_dir: Path, virtual: Path, metric_tile: int) ->
     with open_slide(virtual) as v:
         props = v.properties
     x, y, w, h = props["region_xywh"]
-    if case.roi is not None:
-        features = read_features(case.roi)
+    if case.rois is not None:
+        features = read_features(case.rois)
     else:
         from shapely.geometry import box
 
         features = [Feature(geometry=box(x, y, x + w, y + h), name="translated region")]
     write_features(case_dir / ROIS_NAME, features)
     outputs = [VIRTUAL_NAME, ROIS_NAME]
-    result: dict = {"case": case.case_id, "status": "translated"}
-    if case.her2 is not None:
-        metrics = slide_metrics(virtual, case.her2, case.roi, tile=metric_tile)
+    result: dict = {"case": case.case, "status": "translated"}
+    if case.her2_registered is not None:
+        metrics = slide_metrics(virtual, case.her2_registered, case.rois, tile=metric_tile)
         write_json(case_dir / METRICS_NAME, metrics)
         outputs.append(METRICS_NAME)
         result["metrics"] = metrics.get("mean", {})
-    write_json(case_dir / DONE_NAME, {"case": case.case_id, "slide": str(case.slide),
+    write_json(case_dir / DONE_NAME, {"case": case.case, "slide": str(case.he),
                                       "outputs": outputs, "region_xywh": [x, y, w, h]})
-    print(f"{case.case_id}: wrote {case_dir}")
+    print(f"{case.case}: wrote {case_dir}")
     return result

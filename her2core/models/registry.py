@@ -31,3 +31,8 @@ def get(name: str):
         raise UserError(f"unknown model '{name}'; choose one of: {', '.join(FRAMEWORKS)}")
     module, cls = FRAMEWORKS[key].split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def family(name: str) -> str:
+    """'gan' or 'dm' of a registered framework: the class says, no list elsewhere."""
+    return get(name).family
