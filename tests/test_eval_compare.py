@@ -110,3 +110,26 @@ def test_second_seed_recovers_too(tmp_path, seed):
     fe = pd.read_csv(tmp_path / "cmp" / "mixed_effects.csv").set_index("term")
     for term, true in TRUE.items():
         assert abs(fe.loc[term, "estimate"] - true) < 2 * fe.loc[term, "std_error"], term
+
+
+def test_demo_key_finding_line_reports_satterthwaite_with_images_crossed(tmp_path):
+    from her2core.demo import _dataset_effect, mixed_effect_line
+
+    s = compare(_simulate(tmp_path / "evals", n_img=30), tmp_path / "cmp", metrics=("ssim",),
+                figures=False)
+    eff = _dataset_effect(tmp_path / "cmp" / "mixed_effects.csv")
+    line = mixed_effect_line(s, eff)
+    row = pd.read_csv(tmp_path / "cmp" / "mixed_effects.csv").set_index("term").loc[eff["term"]]
+    assert "(1|image)" in line and "images crossed (30 test tiles x 16 models)" in line
+    assert f"Satterthwaite t({row.df:.1f}) = {row.t_value:.2f}, p = {row.p_value:.2g}" in line
+    assert 10 < row.df < 14  # 16 models - 4 cells: the denominator df of a model-level effect
+
+
+def test_training_dataset_comes_from_the_run(tmp_path):
+    import json
+
+    from her2core.evaluation.evaluate import _training_dataset
+
+    (tmp_path / "run.json").write_text(json.dumps({"data": {"root": "/data/her2match_same"}}))
+    assert _training_dataset(tmp_path) == "her2match_same"
+    assert _training_dataset(tmp_path / "nothing") == ""
