@@ -58,7 +58,10 @@ def test_recovers_planted_fixed_effects(tmp_path):
 
     text = build_report(tmp_path / "cmp", tmp_path / "cmp.html").read_text()
     assert text.count("data:image/png;base64,") == len(s["figures"])
-    assert "framework[T.gan]" in text and "(1|model)" in text
+    assert "framework[T.gan]" in text and "(1|model)" in text and "Satterthwaite" in text
+    # the paper's significance mark: * on the rows with p <= 0.001, and only there
+    n_sig = int((fe.p_value <= 0.001).sum())
+    assert 0 < n_sig < len(fe) and text.count('<td class="t">*</td>') == n_sig
 
 
 def test_report_builder_api(tmp_path):
