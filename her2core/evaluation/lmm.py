@@ -12,8 +12,10 @@ size n x n is formed: the random factor with the most levels (the test image) ha
 diagonal block in Henderson's equations; it is eliminated in closed form (Schur
 complement), which leaves a small dense system over the other factors' levels (the
 models) and the fixed effects. Sufficient statistics are accumulated once in O(n k),
-k = levels of the small factors + fixed effects; each deviance evaluation then costs
-O(q_image k^2), independent of n.
+k = levels of the small factors + fixed effects. The image block enters only through
+1 / (theta^2 n_i + 1), n_i = rows of image i, so its contributions are summed once per
+distinct n_i: each deviance evaluation then costs O(distinct n_i x k^2), independent of n
+and of the number of images.
 
 Degrees of freedom follow lmerTest (Kuznetsova et al. 2017, J Stat Softw 82(13)):
 varpar = (theta, sigma), A = 2 H^+ with H the Hessian of the (unprofiled) REML deviance
@@ -117,8 +119,17 @@ class _Crossed:
             ZdW[:, self.q_small + j] = np.bincount(cd, weights=X[:, j], minlength=qd)
         WtW[self.q_small:, self.q_small:] = X.T @ X
         Wty[self.q_small:] = X.T @ y
-        self.ZdW, self.WtW, self.Wty = ZdW, WtW, Wty
-        self.Zdy = np.bincount(cd, weights=y, minlength=qd)
+        Zdy = np.bincount(cd, weights=y, minlength=qd)
+        # D_i = theta_d^2 n_i + 1 depends on an image only through its row count n_i: summing
+        # the image block's contributions per distinct count once makes every later deviance
+        # evaluation O(counts k^2), independent of the number of images and rows.
+        self.counts, which = np.unique(self.n_d, return_inverse=True)
+        self.mult = np.bincount(which).astype(float)
+        self.M = np.stack([np.einsum("ik,il->kl", ZdW[which == j], ZdW[which == j])
+                           for j in range(len(self.counts))])
+        self.V = np.stack([ZdW[which == j].T @ Zdy[which == j] for j in range(len(self.counts))])
+        self.S = np.array([Zdy[which == j] @ Zdy[which == j] for j in range(len(self.counts))])
+        self.WtW, self.Wty = WtW, Wty
         self.yty = float(y @ y)
         self.penalty = np.r_[np.ones(self.q_small), np.zeros(p)]
 
@@ -126,22 +137,22 @@ class _Crossed:
         return np.asarray(theta, float)[self.order]
 
     def solve(self, theta: np.ndarray) -> dict:
-        """Penalised least squares at theta: log|L|^2, R_X, pwrss and the conditional modes."""
+        """Penalised least squares at theta: log|L|^2, R_X, pwrss and beta."""
         t = self.theta_in_order(theta)
         td, ts = t[0], t[1:]
         lam = np.r_[np.repeat(ts, np.diff(self.small_slices)), np.ones(self.p)]
-        D = td * td * self.n_d + 1.0
-        C = (td * self.ZdW) * lam
-        cd = td * self.Zdy
-        K = lam[:, None] * self.WtW * lam[None, :] + np.diag(self.penalty) - C.T @ (C / D[:, None])
-        b = lam * self.Wty
+        w = 1.0 / (td * td * self.counts + 1.0)  # 1 / D_i per distinct image row count
+        G = np.tensordot(w, self.M, axes=1)  # sum_i ZdW_i ZdW_i' / D_i
+        g = w @ self.V
+        K = lam[:, None] * (self.WtW - td * td * G) * lam[None, :] + np.diag(self.penalty)
         LK = np.linalg.cholesky(K)
-        s = _chol_solve(LK, b - C.T @ (cd / D))
-        ud = (cd - C @ s) / D
-        pwrss = self.yty - float(cd @ ud) - float(b @ s)  # y'y - rhs' solution
+        s = _chol_solve(LK, lam * (self.Wty - td * td * g))
+        # y'y - rhs' solution, the image block's part in closed form
+        pwrss = (self.yty - td * td * float(w @ self.S) + td * td * float(g @ (lam * s))
+                 - float((lam * self.Wty) @ s))
         diag = np.diag(LK)
         q = self.q_small
-        return {"ldL2": float(np.log(D).sum() + 2.0 * np.log(diag[:q]).sum()),
+        return {"ldL2": float(-(self.mult @ np.log(w)) + 2.0 * np.log(diag[:q]).sum()),
                 "ldRX2": float(2.0 * np.log(diag[q:]).sum()), "RX_L": LK[q:, q:],
                 "beta": s[q:], "pwrss": max(pwrss, 1e-300)}
 
@@ -277,8 +288,9 @@ def fit_lmm(y, X, terms: list[str], random: dict[str, np.ndarray]) -> LmmFit:
     y = np.asarray(y, float)
     X = np.asarray(X, float)
     names = list(random)
-    codes = [np.unique(np.asarray(random[k]), return_inverse=True)[1].astype(np.int64)
-             for k in names]
+    import pandas as pd
+
+    codes = [pd.factorize(np.asarray(random[k]))[0].astype(np.int64) for k in names]
     # standardise y: theta is scale free, beta and sigma scale with sd; better conditioned sums
     has_intercept = "Intercept" in terms
     mu, sd = (float(y.mean()) if has_intercept else 0.0), float(y.std()) or 1.0

@@ -100,19 +100,28 @@ def formula_for(df, metric: str) -> tuple[str, dict, list[str]]:
 def design(df, rhs: str) -> tuple[np.ndarray, list[str], list[str]]:
     """Treatment-coded fixed-effect matrix (R's default: first level, sorted, as reference).
 
-    Columns that are linear combinations of earlier ones are dropped, as lme4 does.
+    The factors are categorical, so patsy codes the distinct cells only and rows take their
+    cell's row (patsy's per-element loop would dominate at 100k rows). Columns that are
+    linear combinations of earlier ones are dropped, as lme4 does.
     """
+    import pandas as pd
     import patsy
 
-    X = patsy.dmatrix(rhs, df, return_type="dataframe")
+    factors = [f for f in ("framework", "dataset") if f in rhs]
+    if factors:
+        cell = df.groupby(factors, sort=True).ngroup().to_numpy()
+        cells = df[factors].drop_duplicates().sort_values(factors).reset_index(drop=True)
+    else:
+        cell, cells = np.zeros(len(df), int), pd.DataFrame(index=[0])
+    Xc = patsy.dmatrix(rhs, cells, return_type="dataframe")
     keep, dropped = [], []
-    for j in range(X.shape[1]):
+    for j in range(Xc.shape[1]):
         cols = keep + [j]
-        if np.linalg.matrix_rank(X.to_numpy()[:, cols]) == len(cols):
+        if np.linalg.matrix_rank(Xc.to_numpy()[:, cols]) == len(cols):
             keep.append(j)
         else:
-            dropped.append(str(X.columns[j]))
-    return X.to_numpy()[:, keep], [str(X.columns[j]) for j in keep], dropped
+            dropped.append(str(Xc.columns[j]))
+    return Xc.to_numpy()[cell][:, keep], [str(Xc.columns[j]) for j in keep], dropped
 
 
 def fit_metric(df, metric: str) -> dict:
