@@ -146,7 +146,7 @@ class _Crossed:
         g = w @ self.V
         K = lam[:, None] * (self.WtW - td * td * G) * lam[None, :] + np.diag(self.penalty)
         LK = np.linalg.cholesky(K)
-        s = _chol_solve(LK, lam * (self.Wty - td * td * g))
+        s = np.linalg.solve(K, lam * (self.Wty - td * td * g))  # k x k: LAPACK, no wrappers
         # y'y - rhs' solution, the image block's part in closed form
         pwrss = (self.yty - td * td * float(w @ self.S) + td * td * float(g @ (lam * s))
                  - float((lam * self.Wty) @ s))
@@ -174,12 +174,6 @@ class _Crossed:
         L = self.solve(varpar[:-1])["RX_L"]
         Li = np.linalg.inv(L)
         return varpar[-1] ** 2 * (Li.T @ Li)
-
-
-def _chol_solve(L: np.ndarray, b: np.ndarray) -> np.ndarray:
-    from scipy.linalg import solve_triangular
-
-    return solve_triangular(L.T, solve_triangular(L, b, lower=True), lower=False)
 
 
 def _steps(x: np.ndarray) -> np.ndarray:

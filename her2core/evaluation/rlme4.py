@@ -17,7 +17,7 @@ from pathlib import Path
 _SCRIPT = r"""
 suppressMessages({library(lmerTest); library(jsonlite)})
 a <- commandArgs(trailingOnly = TRUE)
-spec <- fromJSON(a[2])
+spec <- fromJSON(a[2])  # a file
 d <- read.csv(a[1], colClasses = "character")
 d[[spec$response]] <- as.numeric(d[[spec$response]])
 for (f in names(spec$levels)) d[[f]] <- factor(d[[f]], levels = spec$levels[[f]])
@@ -63,9 +63,11 @@ def fit_lme4(df, formula: str, levels: dict[str, list[str]], *, measure_memory: 
         cols = [response, *levels]
         df[cols].to_csv(tmp / "data.csv", index=False, float_format="%.17g")
         (tmp / "fit.R").write_text(_SCRIPT)
-        spec = json.dumps({"formula": formula, "response": response,
-                           "levels": {k: list(map(str, v)) for k, v in levels.items()}})
-        cmd = ["Rscript", str(tmp / "fit.R"), str(tmp / "data.csv"), spec, str(tmp / "out.json")]
+        (tmp / "spec.json").write_text(json.dumps({
+            "formula": formula, "response": response,
+            "levels": {k: list(map(str, v)) for k, v in levels.items()}}))
+        cmd = ["Rscript", str(tmp / "fit.R"), str(tmp / "data.csv"), str(tmp / "spec.json"),
+               str(tmp / "out.json")]
         if measure_memory:
             cmd = ["/usr/bin/time", "-f", "HER2_MAXRSS_KB=%M", *cmd]
         r = subprocess.run(cmd, capture_output=True, text=True, check=False)
