@@ -7,8 +7,8 @@ Three tables of per-image scores, models crossed with the same test tiles:
 For each, the study's  ssim ~ framework * dataset + (1|model) + (1|image)  is fitted
   (a) by her2core (fit_metric: design, REML fit, Satterthwaite df), in a fresh Python, and
   (b) by lme4::lmer + lmerTest's summary in a fresh R (Rscript),
-timing the fit inside each process (reading the table is not timed) and taking each
-process's peak resident memory from /usr/bin/time. Prints both side by side with ratios and
+timing the fit inside each process (loading libraries and reading the table are not timed)
+and taking each process's peak resident memory from /usr/bin/time. Prints both side by side with ratios and
 the largest differences of the estimates. The machine may be shared: times are indicative.
 
     python benchmarks/mixed_scale.py [--sizes 6k 36k 108k] [--seed 0]
@@ -58,6 +58,11 @@ def write_tables(root: Path, archs_per_fw: int, n_datasets: int, n_tiles: int, s
 
 def child(dirs_file: str) -> None:
     """Fit in this (fresh) process; print the fit's seconds and results as JSON."""
+    import patsy  # noqa: F401 - libraries loaded before the clock, as R's library() calls
+    import scipy.optimize
+    import scipy.stats  # noqa: F401
+
+    import her2core.evaluation.lmm  # noqa: F401
     from her2core.evaluation.mixed import fit_metric, load_tables
 
     df = load_tables(json.loads(Path(dirs_file).read_text()))

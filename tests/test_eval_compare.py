@@ -136,3 +136,11 @@ def test_training_dataset_comes_from_the_run(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"data": {"root": "/data/her2match_same"}}))
     assert _training_dataset(tmp_path) == "her2match_same"
     assert _training_dataset(tmp_path / "nothing") == ""
+
+
+def test_one_row_per_model_is_not_a_random_effect(tmp_path):
+    """lme4 refuses a grouping factor with a level per row; we drop it and say so."""
+    dirs = _simulate(tmp_path / "evals", n_img=1)
+    s = compare(dirs, tmp_path / "cmp", metrics=("ssim",), figures=False)
+    assert "one row per 'model'" in " ".join(s["notes"])
+    assert s["fits"]["ssim"]["formula"] == "ssim ~ framework * dataset"

@@ -90,10 +90,13 @@ def formula_for(df, metric: str) -> tuple[str, dict, list[str]]:
     rhs = " * ".join(fixed) if fixed else "1"
     random = {}
     for name, col in (("model", "model_id"), ("image", "image_id")):
-        if df[col].nunique() > 1:
-            random[name] = col
-        else:
+        n_levels = df[col].nunique()
+        if n_levels <= 1:
             notes.append(f"{metric}: '{name}' has one level; random effect (1|{name}) dropped")
+        elif n_levels >= len(df):  # lme4 refuses these: not separable from the residual
+            notes.append(f"{metric}: one row per '{name}'; random effect (1|{name}) dropped")
+        else:
+            random[name] = col
     return f"{metric} ~ {rhs}", random, notes
 
 

@@ -9,6 +9,7 @@ asked; R is optional (Debian: r-cran-lmertest).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -19,7 +20,7 @@ suppressMessages({library(lmerTest); library(jsonlite)})
 a <- commandArgs(trailingOnly = TRUE)
 spec <- fromJSON(a[2])  # a file
 d <- read.csv(a[1], colClasses = "character")
-d[[spec$response]] <- as.numeric(d[[spec$response]])
+d[[spec$response]] <- as.numeric(d[[spec$response]])  # the other columns stay character
 for (f in names(spec$levels)) d[[f]] <- factor(d[[f]], levels = spec$levels[[f]])
 t0 <- proc.time()[["elapsed"]]
 fit <- lmer(as.formula(spec$formula), data = d, REML = TRUE)
@@ -60,7 +61,8 @@ def fit_lme4(df, formula: str, levels: dict[str, list[str]], *, measure_memory: 
     response = formula.split("~")[0].strip()
     with tempfile.TemporaryDirectory(prefix="her2_lme4_") as tmp:
         tmp = Path(tmp)
-        cols = [response, *levels]
+        cols = [c for c in dict.fromkeys(re.findall(r"[A-Za-z_][A-Za-z0-9_.]*", formula))
+                if c in df.columns]
         df[cols].to_csv(tmp / "data.csv", index=False, float_format="%.17g")
         (tmp / "fit.R").write_text(_SCRIPT)
         (tmp / "spec.json").write_text(json.dumps({
