@@ -124,7 +124,7 @@ def test_boundary_fit_zero_model_variance_equals_lme4(tmp_path):
 def test_missing_cell_drops_the_aliased_column_as_lme4(tmp_path):
     dirs = [d for d in _study_tables(tmp_path / "evals", seed=6)
             if not (d.name.startswith("gan") and d.name.endswith("_consecutive"))]
-    s, fit, ours, comps, ref = _against_lme4(tmp_path, dirs)
+    s, _, ours, comps, ref = _against_lme4(tmp_path, dirs)
     assert list(ours.term) == ["Intercept", "framework[T.gan]", "dataset[T.same]"]
     assert any("rank deficient" in n for n in s["notes"])
     assert any("rank deficient" in m for m in ref["messages"])
