@@ -91,6 +91,7 @@ def test_one_dataset_drops_term_and_says_so(tmp_path, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "'dataset' has one level" in out and "term dropped" in out
+    assert "framework[T.gan]" in out and "Satterthwaite" in out and " t(" in out
     fe = pd.read_csv(tmp_path / "cmp" / "mixed_effects.csv")
     assert set(fe[fe.metric == "ssim"].term) == {"Intercept", "framework[T.gan]"}
 

@@ -29,7 +29,7 @@ def _save(fig, path: Path) -> str:
 
 
 def distributions(df, metric: str, path: Path) -> str:
-    """Box plots of `metric` per model, one box per dataset side by side."""
+    """Box plots of `metric` per model, one box per training dataset side by side."""
     plt = _plt()
     models, datasets = sorted(df.model.unique()), sorted(df.dataset.unique())
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(models) * max(1, len(datasets)) ** 0.5), 3.6))
@@ -46,8 +46,8 @@ def distributions(df, metric: str, path: Path) -> str:
         ax.plot([], [], color=f"C{j}", lw=6, alpha=0.6, label=d or "(no dataset)")
     ax.set_xticks(np.arange(len(models)), [m or "(no model)" for m in models], rotation=30, ha="right")
     ax.set_ylabel(LABELS.get(metric, metric))
-    ax.legend(fontsize=8, frameon=False)
-    ax.set_title(f"{metric} per model and dataset")
+    ax.legend(fontsize=8, frameon=False, title="training dataset", title_fontsize=8)
+    ax.set_title(f"{metric} per model and training dataset")
     return _save(fig, path)
 
 
