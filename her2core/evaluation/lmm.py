@@ -157,8 +157,11 @@ class _Crossed:
                 "beta": s[q:], "pwrss": max(pwrss, 1e-300)}
 
     def profiled_reml(self, theta) -> float:
-        """lme4's REML criterion with sigma profiled out."""
-        s = self.solve(theta)
+        """lme4's REML criterion with sigma profiled out (inf where the system is not PD)."""
+        try:
+            s = self.solve(theta)
+        except np.linalg.LinAlgError:
+            return float("inf")
         nmp = self.n - self.p
         return s["ldL2"] + s["ldRX2"] + nmp * (1.0 + np.log(2.0 * np.pi * s["pwrss"] / nmp))
 
