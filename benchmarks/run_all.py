@@ -22,6 +22,7 @@ BENCHMARKS = {
     "diffusion": ("diffusion_sampling.py", [], ["--train-steps", "60"]),
     "slide": ("slide_inference.py", [], ["--skip-memory"]),
     "eval": ("eval_speed.py", [], ["--pairs", "24"]),
+    "mixed": ("mixed_scale.py", [], ["--sizes", "6k", "36k"]),
 }
 
 

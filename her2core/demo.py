@@ -365,6 +365,17 @@ def _dataset_effect(csv_path: Path) -> dict | None:
     return {k: (float(v) if isinstance(v, (int, float, np.floating)) else v) for k, v in r.items()}
 
 
+def mixed_effect_line(comparison: dict | None, eff: dict) -> str:
+    """The key finding's mixed-model line: the dataset term's Satterthwaite t test, images crossed."""
+    fit = (comparison or {}).get("fits", {}).get("ssim", {})
+    lv = fit.get("levels", {})
+    nan = float("nan")
+    return (f"  mixed model {fit.get('formula', 'ssim ~ ...')}, images crossed "
+            f"({lv.get('image')} test tiles x {lv.get('model')} models): {eff.get('term')} "
+            f"{eff.get('estimate', nan):+.4f}, Satterthwaite t({eff.get('df', nan):.1f}) = "
+            f"{eff.get('t_value', nan):.2f}, p = {eff.get('p_value', nan):.2g}")
+
+
 def run_demo(out, *, quick: bool = False, seed: int = 0, log=print) -> Path:
     cfg = DemoConfig.quick() if quick else DemoConfig()
     cfg.seed = seed
@@ -378,8 +389,7 @@ def run_demo(out, *, quick: bool = False, seed: int = 0, log=print) -> Path:
         f"tiles, paired Wilcoxon p = {f['paired_wilcoxon_p']:.2g})")
     eff = f["mixed_effects_dataset_term"]
     if eff:
-        log(f"  mixed-effects term {eff.get('term')}: estimate {eff.get('estimate'):+.4f}, "
-            f"p = {eff.get('p_value', eff.get('p', float('nan'))):.2g}")
+        log(mixed_effect_line(getattr(demo, "comparison", None), eff))
     if not f["ssim_difference"] > 0:
         raise DemoFindingFailed(
             f"same-section training did NOT beat consecutive-section training in SSIM "

@@ -45,8 +45,9 @@ def test_evaluate_then_report(tiles, capsys):
     captured = capsys.readouterr()
     assert "LPIPS left out" in captured.err and "alexnet-owt-7be5be79.pth" in captured.err
     df = pd.read_csv(out / "per_image.csv")
-    assert list(df.columns[:8]) == ["image", "model", "framework", "dataset", "psnr", "ssim",
-                                    "ssim_gaussian", "ms_ssim"]
+    assert list(df.columns[:9]) == ["image", "model", "framework", "dataset", "test_set", "psnr",
+                                    "ssim", "ssim_gaussian", "ms_ssim"]
+    assert (df.dataset == "skimage").all() and (df.test_set == "real").all()  # --target's name
     assert "lpips" not in df.columns  # never a random backbone
     assert (df.framework == "gan").all() and len(df) == 6
     by = df.set_index("image")
@@ -149,4 +150,5 @@ def test_evaluate_run_translates_then_evaluates(tmp_path, monkeypatch):
     df = pd.read_csv(tmp_path / "ev" / "per_image.csv")
     assert len(df) == res["n"] == len(list((tmp_path / "ev" / "virtual").glob("*.png"))) > 0
     assert (df.framework == "gan").all() and df.her2_label.between(0, 3).all()
+    assert (df.test_set == "data/test").all() and df.dataset.isna().all()  # no run.json: unknown
     assert (df.ssim < 1).all() and res["he_dir"].endswith("inputs/he")

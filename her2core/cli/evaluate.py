@@ -18,7 +18,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="", help="model name written in the table")
     p.add_argument("--framework", default="", choices=["", "gan", "dm"],
                    help="gan or dm (default: from the model name when known)")
-    p.add_argument("--dataset", default="", help="dataset name written in the table")
+    p.add_argument("--dataset", default="",
+                   help="the model's training dataset, written in the table (default with --run: "
+                        "from the run's run.json)")
+    p.add_argument("--test-set", default="",
+                   help="name of the evaluated test set, written in the table (default: DATA/SPLIT "
+                        "with --run, else the --target folder's name); `her2 compare` takes tiles "
+                        "of one test set scored by several models as the same images")
     p.add_argument("--mpp", type=float, default=None,
                    help="microns per pixel of the tiles (default 0.5, recorded as a default)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
@@ -40,7 +46,8 @@ def run(args) -> int:
     from her2core.errors import UserError
     from her2core.evaluation.evaluate import EvalSettings, evaluate_folders, evaluate_run
 
-    s = EvalSettings(model=args.model, framework=args.framework, dataset=args.dataset, mpp=args.mpp,
+    s = EvalSettings(model=args.model, framework=args.framework, dataset=args.dataset,
+                     test_set=args.test_set, mpp=args.mpp,
                      device=args.device, batch_size=args.batch_size, lpips_weights=args.lpips_weights,
                      inception_weights=args.inception_weights, set_metrics=not args.no_fid,
                      kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size, seed=args.seed)

@@ -20,7 +20,9 @@ from her2core.evaluation import pairs as pairing
 from her2core.evaluation import pixel
 from her2core.evaluation.pathology import DabSettings, cohen_kappa, dab_metrics
 
-ID_COLUMNS = ["image", "model", "framework", "dataset"]
+#: a row's identity: the tile (`image`, its name in the test set), the model, its framework, the
+#: model's training `dataset`, and the evaluated `test_set` (her2 compare crosses tiles of a test set)
+ID_COLUMNS = ["image", "model", "framework", "dataset", "test_set"]
 PIXEL_COLUMNS = ["psnr", "ssim", "ssim_gaussian", "ms_ssim"]
 DAB_COLUMNS = ["dab_od_mae", "iod_ratio", "dab_grid_r", "dab_pos_frac_virtual",
                "dab_pos_frac_real", "her2_proxy_virtual", "her2_proxy_real"]
@@ -31,7 +33,8 @@ DEFAULT_MPP = 0.5  # the study's working scale (HER2match 1024^2 at 0.25 um/px h
 class EvalSettings:
     model: str = ""
     framework: str = ""
-    dataset: str = ""
+    dataset: str = ""  # the model's training dataset ('' when unknown)
+    test_set: str = ""  # the evaluated test set ('' -> the target folder's name, or DATA/SPLIT)
     mpp: float | None = None  # None -> DEFAULT_MPP, recorded as such
     device: str | None = None  # None -> cuda when present, else cpu
     batch_size: int = 8
@@ -71,6 +74,7 @@ def evaluate_folders(pred_dir, target_dir, out_dir, settings: EvalSettings | Non
     if s.framework and s.framework not in ("gan", "dm"):
         raise UserError(f"--framework {s.framework}: choose gan or dm")
     framework = s.framework or framework_of(s.model)
+    test_set = s.test_set or Path(target_dir).resolve().name
     mpp = float(s.mpp) if s.mpp else DEFAULT_MPP
     device = s.device or pixel.default_device()
     tdev = torch.device(device)
@@ -122,7 +126,8 @@ def evaluate_folders(pred_dir, target_dir, out_dir, settings: EvalSettings | Non
             feats_v.append(inception(pv, device=tdev))
             feats_r.append(inception(rv, device=tdev))
         for i, (name, _, _) in enumerate(chunk):
-            row = {"image": name, "model": s.model, "framework": framework, "dataset": s.dataset}
+            row = {"image": name, "model": s.model, "framework": framework, "dataset": s.dataset,
+                   "test_set": test_set}
             row.update({k: float(v[i]) for k, v in cols.items()})
             row.update(dab_metrics(pv[i], rv[i], mpp, s.dab))
             for col, values in (extra_columns or {}).items():
@@ -139,7 +144,7 @@ def evaluate_folders(pred_dir, target_dir, out_dir, settings: EvalSettings | Non
         "resolution": {"height": int(shape[0]), "width": int(shape[1])},
         "mpp": mpp,
         "mpp_source": "given" if s.mpp else f"default ({DEFAULT_MPP} um/px, the study's working scale)",
-        "model": s.model, "framework": framework, "dataset": s.dataset,
+        "model": s.model, "framework": framework, "dataset": s.dataset, "test_set": test_set,
         "pred_dir": str(Path(pred_dir).resolve()), "target_dir": str(Path(target_dir).resolve()),
         "he_dir": str(Path(he_dir).resolve()) if he_dir else None,
         "means": {c: _finite_mean(df[c]) for c in df.columns if c not in ID_COLUMNS
@@ -183,6 +188,17 @@ def evaluate_folders(pred_dir, target_dir, out_dir, settings: EvalSettings | Non
     return result
 
 
+def _training_dataset(run_dir) -> str:
+    """Name of the dataset a `her2 train` run folder was trained on (run.json), else ''."""
+    import json
+
+    try:
+        root = json.loads((Path(run_dir) / "run.json").read_text())["data"]["root"]
+    except (TypeError, OSError, ValueError, KeyError):
+        return ""
+    return Path(root).name
+
+
 def _finite_mean(col) -> float | None:
     v = np.asarray(col, dtype=float)
     v = v[np.isfinite(v)]
@@ -224,8 +240,10 @@ def evaluate_run(run_dir, data_root, split, out_dir, settings: EvalSettings | No
         s.model = Path(run_dir).name if is_path else getattr(run_dir, "name", type(run_dir).__name__)
         if not s.framework:
             s.framework = "" if is_path else getattr(run_dir, "family", "")
-    if not s.dataset:
-        s.dataset = Path(data_root).name
+    if not s.dataset:  # the training dataset recorded by `her2 train`, not the evaluated one
+        s.dataset = _training_dataset(run_dir)
+    if not s.test_set:
+        s.test_set = f"{Path(data_root).name}/{split}"
     if s.mpp is None:
         s.mpp = getattr(ds, "mpp", None)
     extra = {"her2_label": labels} if labels else None

@@ -29,7 +29,7 @@ def _save(fig, path: Path) -> str:
 
 
 def distributions(df, metric: str, path: Path) -> str:
-    """Box plots of `metric` per model, one box per dataset side by side."""
+    """Box plots of `metric` per model, one box per training dataset side by side."""
     plt = _plt()
     models, datasets = sorted(df.model.unique()), sorted(df.dataset.unique())
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(models) * max(1, len(datasets)) ** 0.5), 3.6))
@@ -46,8 +46,8 @@ def distributions(df, metric: str, path: Path) -> str:
         ax.plot([], [], color=f"C{j}", lw=6, alpha=0.6, label=d or "(no dataset)")
     ax.set_xticks(np.arange(len(models)), [m or "(no model)" for m in models], rotation=30, ha="right")
     ax.set_ylabel(LABELS.get(metric, metric))
-    ax.legend(fontsize=8, frameon=False)
-    ax.set_title(f"{metric} per model and dataset")
+    ax.legend(fontsize=8, frameon=False, title="training dataset", title_fontsize=8)
+    ax.set_title(f"{metric} per model and training dataset")
     return _save(fig, path)
 
 
@@ -76,21 +76,44 @@ def fid_kid_heatmap(set_metrics: list[dict], path: Path) -> str | None:
     return _save(fig, path)
 
 
+SIGNIFICANT_P = 0.001  # the paper's mark: * p <= 0.001
+
+
+def term_label(term: str) -> str:
+    """'framework[T.gan]:dataset[T.same]' -> 'framework gan x dataset same'."""
+    return " x ".join(part.replace("[T.", " ").rstrip("]") for part in term.split(":"))
+
+
 def coefficient_plot(fixed, path: Path) -> str:
-    """Fixed-effect estimates with 95 % intervals, one panel per metric (intercept left out)."""
+    """Fixed-effect estimates with 95 % Satterthwaite-t intervals and significance marks.
+
+    One panel per metric, intercept left out; * marks p <= 0.001 as in the paper's Figure 3.
+    """
     plt = _plt()
     metrics = list(dict.fromkeys(fixed.metric))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 0.5 + 0.45 * 4),
-                             squeeze=False)
+    n_terms = max(1, int((fixed.term != "Intercept").groupby(fixed.metric).sum().max()))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(2.5 + 2.6 * len(metrics), 1.2 + 0.45 * n_terms),
+                             squeeze=False, sharey=True)
     for ax, m in zip(axes[0], metrics):
         t = fixed[(fixed.metric == m) & (fixed.term != "Intercept")]
-        y = np.arange(len(t))
+        y = np.arange(len(t))[::-1]
+        sig = (t.p_value <= SIGNIFICANT_P).to_numpy() if "p_value" in t else np.zeros(len(t), bool)
         ax.errorbar(t.estimate, y, xerr=[t.estimate - t.ci_low, t.ci_high - t.estimate],
-                    fmt="o", capsize=3)
+                    fmt="none", ecolor="grey", capsize=3)
+        ax.scatter(t.estimate[~sig], y[~sig], color="grey", zorder=3)
+        ax.scatter(t.estimate[sig], y[sig], color="C3", zorder=3)
+        for yi, hi, s in zip(y, t.ci_high, sig):
+            if s:
+                ax.annotate("*", (hi, yi), xytext=(3, -4), textcoords="offset points",
+                            color="C3", fontsize=12)
         ax.axvline(0, color="grey", lw=0.8)
-        ax.set_yticks(y, t.term)
-        ax.set_title(m)
-    fig.suptitle("fixed effects (95 % CI)")
+        ax.set_yticks(y, [term_label(x) for x in t.term])
+        ax.xaxis.set_major_locator(plt.MaxNLocator(3))
+        ax.set_title(LABELS.get(m, m), fontsize=9)
+        ax.margins(x=0.15)
+    fig.suptitle(f"fixed effects, 95 % CI (Satterthwaite t); * p ≤ {SIGNIFICANT_P:g}",
+                 fontsize=10)
+    fig.tight_layout()
     return _save(fig, path)
 
 

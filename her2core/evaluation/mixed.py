@@ -1,19 +1,22 @@
-"""Compare evaluations: stack per_image.csv tables and fit a linear mixed-effects model.
+"""Compare evaluations: stack per_image.csv tables and fit the study's linear mixed model.
 
 For each metric (ssim, ms_ssim, psnr, lpips; those present) the study's model
     metric ~ framework * dataset + (1|model) + (1|image)
-is fitted with statsmodels MixedLM (REML). model and image are *crossed* random
-effects, so they are variance components of a single all-ones group
-(vc_formula; re_formula "0"), the statsmodels way to write lme4's (1|a) + (1|b).
-An image is identified by dataset + file name (the same tile across models).
-Factors with a single level are dropped from the formula and the drop is written
-to the notes (one dataset, one framework, one model, ...).
+is fitted by REML (`her2core.evaluation.lmm`, equal to lme4's estimates) with
+Satterthwaite t tests (as lmerTest). The rows' identity:
+    dataset   the model's training dataset (the fixed factor)
+    model     the trained model; its random intercept is per (model, dataset)
+    test_set  the evaluated test set; image: the tile's name in it
+The image random effect is the tile of a test set, *crossed* with model, framework and
+training dataset: the same tile scored by every model is one image. Tables written
+before `test_set` was recorded load as one test set, with a note.
+Factors with a single level are dropped from the formula and the drop is written to
+the notes (one dataset, one framework, one model, ...).
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,25 +26,32 @@ from her2core.errors import UserError
 METRICS = ("ssim", "ms_ssim", "psnr", "lpips")
 DIST_METRICS = ("ssim", "psnr", "lpips")
 REQUIRED = ("image", "model", "framework", "dataset")
+IDENTITY = (*REQUIRED, "test_set")
+ENGINE = "her2core.evaluation.lmm: REML (lme4's criterion), Satterthwaite df (as lmerTest)"
 
 
-def load_tables(eval_dirs) -> pd.DataFrame:  # noqa: F821
-    """Stack per_image.csv of every evaluation folder; NaN or missing columns are user errors."""
+def load_tables(eval_dirs, notes: list[str] | None = None) -> pd.DataFrame:  # noqa: F821
+    """Stack per_image.csv of every evaluation folder; NaN or missing columns are user errors.
+
+    How an old table (no test_set column) was read is appended to `notes`.
+    """
     import pandas as pd
 
-    frames = []
+    frames, old = [], []
     if not eval_dirs:
         raise UserError("compare: give at least one evaluation folder")
     for d in eval_dirs:
         f = Path(d) / "per_image.csv" if Path(d).is_dir() else Path(d)
         if not f.is_file():
             raise UserError(f"{f}: no per_image.csv here; run `her2 evaluate` first")
-        df = pd.read_csv(f, dtype={"image": str, "model": str, "framework": str, "dataset": str},
-                         keep_default_na=True)
+        df = pd.read_csv(f, dtype={c: str for c in IDENTITY}, keep_default_na=True)
         missing = [c for c in REQUIRED if c not in df.columns]
         if missing:
             raise UserError(f"{f}: missing column(s) {', '.join(missing)}")
-        for c in REQUIRED[1:]:
+        if "test_set" not in df.columns:
+            df["test_set"] = ""
+            old.append(str(f))
+        for c in IDENTITY[1:]:
             df[c] = df[c].fillna("")
         for m in METRICS:
             if m in df.columns:
@@ -52,18 +62,25 @@ def load_tables(eval_dirs) -> pd.DataFrame:  # noqa: F821
                                     f"(images {imgs}); fix or remove those rows")
         df["source"] = str(f)
         frames.append(df)
+    if old and notes is not None:
+        more = f" and {len(old) - 1} more" if len(old) > 1 else ""
+        notes.append(f"{old[0]}{more}: no test_set column (written before test sets were recorded); "
+                     "read as one test set: the same image name is the same tile for every model, "
+                     "'dataset' as the model's training dataset")
     df = pd.concat(frames, ignore_index=True)
-    dup = df.duplicated(["model", "dataset", "image"])
+    dup = df.duplicated(["model", "dataset", "test_set", "image"])
     if dup.any():
         r = df[dup].iloc[0]
-        raise UserError(f"{r.source}: image {r.image} of model '{r.model}' on '{r.dataset}' appears "
-                        "twice; give each evaluation once")
-    df["image_id"] = df["dataset"].astype(str) + "/" + df["image"].astype(str)
+        raise UserError(f"{r.source}: image {r.image} of model '{r.model}' (trained on "
+                        f"'{r.dataset}') on test set '{r.test_set}' appears twice; give each "
+                        "evaluation once")
+    df["image_id"] = df["test_set"].astype(str) + "/" + df["image"].astype(str)
+    df["model_id"] = df["dataset"].astype(str) + "/" + df["model"].astype(str)
     return df
 
 
 def formula_for(df, metric: str) -> tuple[str, dict, list[str]]:
-    """Fixed-effects formula, variance components and notes for what `df` can support."""
+    """Fixed-effects formula, random factors (name -> id column) and notes for `df`."""
     notes, fixed = [], []
     for f in ("framework", "dataset"):
         if df[f].nunique() > 1:
@@ -71,48 +88,84 @@ def formula_for(df, metric: str) -> tuple[str, dict, list[str]]:
         else:
             notes.append(f"{metric}: '{f}' has one level ({df[f].iloc[0]!r}); term dropped")
     rhs = " * ".join(fixed) if fixed else "1"
-    vc = {}
-    for name, col in (("model", "model"), ("image", "image_id")):
-        if df[col].nunique() > 1:
-            vc[name] = f"0 + C({col})"
-        else:
+    random = {}
+    for name, col in (("model", "model_id"), ("image", "image_id")):
+        n_levels = df[col].nunique()
+        if n_levels <= 1:
             notes.append(f"{metric}: '{name}' has one level; random effect (1|{name}) dropped")
-    return f"{metric} ~ {rhs}", vc, notes
+        elif n_levels >= len(df):  # lme4 refuses these: not separable from the residual
+            notes.append(f"{metric}: one row per '{name}'; random effect (1|{name}) dropped")
+        else:
+            random[name] = col
+    return f"{metric} ~ {rhs}", random, notes
+
+
+def design(df, rhs: str) -> tuple[np.ndarray, list[str], list[str]]:
+    """Treatment-coded fixed-effect matrix (R's default: first level, sorted, as reference).
+
+    The factors are categorical, so patsy codes the distinct cells only and rows take their
+    cell's row (patsy's per-element loop would dominate at 100k rows). Columns that are
+    linear combinations of earlier ones are dropped, as lme4 does.
+    """
+    import pandas as pd
+    import patsy
+
+    factors = [f for f in ("framework", "dataset") if f in rhs]
+    if factors:
+        cell = df.groupby(factors, sort=True).ngroup().to_numpy()
+        cells = df[factors].drop_duplicates().sort_values(factors).reset_index(drop=True)
+    else:
+        cell, cells = np.zeros(len(df), int), pd.DataFrame(index=[0])
+    Xc = patsy.dmatrix(rhs, cells, return_type="dataframe")
+    keep, dropped = [], []
+    for j in range(Xc.shape[1]):
+        cols = keep + [j]
+        if np.linalg.matrix_rank(Xc.to_numpy()[:, cols]) == len(cols):
+            keep.append(j)
+        else:
+            dropped.append(str(Xc.columns[j]))
+    return Xc.to_numpy()[cell][:, keep], [str(Xc.columns[j]) for j in keep], dropped
 
 
 def fit_metric(df, metric: str) -> dict:
     """Fit one metric; returns rows for mixed_effects.csv, variances and notes."""
-    import statsmodels.formula.api as smf
+    from scipy import stats
 
-    formula, vc, notes = formula_for(df, metric)
-    data = df.assign(_group=1)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        if vc:
-            model = smf.mixedlm(formula, data, groups="_group", re_formula="0", vc_formula=vc)
-            res = model.fit(reml=True, method=["lbfgs", "powell"])
-            fe = res.fe_params
-            bse = res.bse_fe
-            pv = res.pvalues[fe.index]
-            ci = res.conf_int().loc[fe.index]
-            variances = {n: float(v) for n, v in zip(model.exog_vc.names, res.vcomp)}
-            variances["residual"] = float(res.scale)
-            converged = bool(res.converged)
-        else:
-            res = smf.ols(formula, data).fit()
-            fe, bse, pv, ci = res.params, res.bse, res.pvalues, res.conf_int()
-            variances = {"residual": float(res.scale)}
-            converged = True
-            notes.append(f"{metric}: no random effect has two levels; ordinary least squares")
-    for w in caught:
-        msg = str(w.message).splitlines()[0]
-        if msg and f"{metric}: {msg}" not in notes:
-            notes.append(f"{metric}: {msg}")
-    rows = [{"metric": metric, "term": t, "estimate": float(fe[t]), "std_error": float(bse[t]),
-             "p_value": float(pv[t]), "ci_low": float(ci.loc[t].iloc[0]),
-             "ci_high": float(ci.loc[t].iloc[1])} for t in fe.index]
-    return {"formula": formula + "".join(f" + (1|{k})" for k in vc), "rows": rows,
-            "variances": variances, "notes": notes, "converged": converged, "n": len(df)}
+    formula, random, notes = formula_for(df, metric)
+    X, terms, dropped = design(df, formula.split("~")[1].strip())
+    if dropped:
+        notes.append(f"{metric}: fixed-effect matrix is rank deficient; dropped {', '.join(dropped)}")
+    y = df[metric].to_numpy(float)
+    if random:
+        from her2core.evaluation.lmm import fit_lmm
+
+        fit = fit_lmm(y, X, terms, {k: df[c].to_numpy() for k, c in random.items()})
+        est, se, dof, ci = fit.beta, fit.std_error, fit.df, fit.conf_int()
+        variances, converged = fit.variances, fit.converged
+        notes += [f"{metric}: {n}" for n in fit.notes]
+        extra = {"reml_criterion": fit.reml_criterion, "boundary": fit.boundary,
+                 "theta": [float(t) for t in fit.theta]}
+    else:
+        import statsmodels.api as sm
+
+        res = sm.OLS(y, X).fit()
+        est, se = np.asarray(res.params), np.asarray(res.bse)
+        dof = np.full(len(terms), float(res.df_resid))
+        ci = np.asarray(res.conf_int())
+        variances, converged = {"residual": float(res.scale)}, True
+        notes.append(f"{metric}: no random effect has two levels; ordinary least squares")
+        extra = {}
+    tval = est / se
+    pval = 2.0 * stats.t.sf(np.abs(tval), dof)
+    rows = [{"metric": metric, "term": t, "estimate": float(est[i]), "std_error": float(se[i]),
+             "df": float(dof[i]), "t_value": float(tval[i]), "p_value": float(pval[i]),
+             "ci_low": float(ci[i, 0]), "ci_high": float(ci[i, 1])} for i, t in enumerate(terms)]
+    total = sum(variances.values())
+    shares = {k: (v / total if total > 0 else float("nan")) for k, v in variances.items()}
+    return {"formula": formula + "".join(f" + (1|{k})" for k in random), "rows": rows,
+            "variances": variances, "variance_share": shares, "notes": notes,
+            "converged": converged, "n": len(df), "engine": ENGINE if random else "OLS (statsmodels)",
+            "levels": {k: int(df[c].nunique()) for k, c in random.items()}, **extra}
 
 
 def load_set_metrics(eval_dirs) -> list[dict]:
@@ -135,7 +188,8 @@ def compare(eval_dirs, out_dir, metrics=METRICS, figures: bool = True) -> dict:
 
     from her2core.util.atomic import atomic_path, write_json
 
-    df = load_tables(eval_dirs)
+    read_notes: list[str] = []
+    df = load_tables(eval_dirs, read_notes)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     present = [m for m in metrics if m in df.columns]
@@ -143,7 +197,8 @@ def compare(eval_dirs, out_dir, metrics=METRICS, figures: bool = True) -> dict:
         raise UserError(f"compare: none of the columns {', '.join(metrics)} in the tables")
     fits = {m: fit_metric(df, m) for m in present}
     fixed = pd.DataFrame([r for f in fits.values() for r in f["rows"]])
-    rand = pd.DataFrame([{"metric": m, "component": k, "variance": v}
+    rand = pd.DataFrame([{"metric": m, "component": k, "variance": v, "sd": float(np.sqrt(v)),
+                          "share": f["variance_share"][k]}
                          for m, f in fits.items() for k, v in f["variances"].items()])
     with atomic_path(out_dir / "mixed_effects.csv") as tmp:
         fixed.to_csv(tmp, index=False)
@@ -161,7 +216,8 @@ def compare(eval_dirs, out_dir, metrics=METRICS, figures: bool = True) -> dict:
         "models": sorted(df.model.unique()), "datasets": sorted(df.dataset.unique()),
         "frameworks": sorted(df.framework.unique()),
         "fits": {m: {k: v for k, v in f.items() if k != "rows"} for m, f in fits.items()},
-        "notes": [n for f in fits.values() for n in f["notes"]],
+        "test_sets": sorted(df.test_set.unique()),
+        "notes": read_notes + [n for f in fits.values() for n in f["notes"]],
         "figures": figs,
         "set_metrics": [{k: m.get(k) for k in ("model", "framework", "dataset", "n", "fid",
                                                 "kid_mean", "kid_std", "her2_proxy_kappa",

@@ -207,10 +207,20 @@ def add_comparison(rep: Report, compare_dir) -> None:
 
     compare_dir = Path(compare_dir)
     summary = json.loads((compare_dir / "compare.json").read_text())
+    from her2core.evaluation.figures import SIGNIFICANT_P
+
     sec = rep.section("Mixed-effects model")
     for m, f in summary.get("fits", {}).items():
-        sec.text(f"{m}: {f['formula']} (n = {f['n']}, converged: {f['converged']})")
-    sec.table(pd.read_csv(compare_dir / "mixed_effects.csv"))
+        levels = ", ".join(f"{v} {k} levels" for k, v in f.get("levels", {}).items())
+        sec.text(f"{m}: {f['formula']} (n = {f['n']}{', ' + levels if levels else ''}, "
+                 f"converged: {f['converged']}; {f.get('engine', '')})")
+    fixed = pd.read_csv(compare_dir / "mixed_effects.csv")
+    if "p_value" in fixed:
+        fixed["signif"] = np.where(fixed.p_value <= SIGNIFICANT_P, "*", "")
+    sec.table(fixed)
+    sec.text(f"df: Satterthwaite denominator degrees of freedom (as lmerTest); p from the t "
+             f"distribution; * p ≤ {SIGNIFICANT_P:g}. Images are the tiles of a test set, "
+             "crossed with models, frameworks and training datasets.", note=True)
     sec.table(pd.read_csv(compare_dir / "random_effects.csv"))
     for n in summary.get("notes", []):
         sec.text(n, note=True)
