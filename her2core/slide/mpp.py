@@ -1,0 +1,70 @@
+"""Microns per pixel from what each format records: TIFF resolution tags, vendor properties.
+
+OpenSlide normalises most vendors to `openslide.mpp-x`/`-y` (from Aperio `MPP`,
+Hamamatsu/Leica/generic TIFF resolution tags, MIRAX `MICROMETER_PER_PIXEL_X`,
+Ventana `ScanRes`, Philips `DICOM_PIXEL_SPACING`, DICOM `PixelSpacing`); where it
+does not (a property it leaves out, a TIFF in inches), the vendor's own key is
+read here. A value that is missing, zero or not finite is "no microns per pixel".
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+_INCH_UM = 25400.0
+_CM_UM = 1e4
+
+
+def mpp_from_resolution(pixels_per_unit: float, unit) -> float | None:
+    """µm/px from a TIFF XResolution and ResolutionUnit (2/'inch', 3/'centimeter').
+
+    Inch resolutions coarser than 50 µm/px are the 72/96 dpi defaults of
+    ordinary image writers, not a scan resolution, and count as missing.
+    """
+    if not pixels_per_unit or not math.isfinite(pixels_per_unit) or pixels_per_unit <= 0:
+        return None
+    unit = str(unit).strip().lower()
+    if unit in ("3", "centimeter", "centimetre", "cm"):
+        return _CM_UM / pixels_per_unit
+    if unit in ("2", "inch", "in"):
+        mpp = _INCH_UM / pixels_per_unit
+        return mpp if mpp < 50 else None
+    return None
+
+
+def _positive(value) -> float | None:
+    try:
+        v = float(str(value).strip().strip('"'))
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) and v > 0 else None
+
+
+def _mean_xy(x, y) -> float | None:
+    vx, vy = _positive(x), _positive(y)
+    if vx and vy:
+        return (vx + vy) / 2.0
+    return vx or vy
+
+
+def vendor_mpp(props: dict[str, str]) -> float | None:
+    """Level-0 µm/px from an OpenSlide property map, or None when the slide records none."""
+    mpp = _mean_xy(props.get("openslide.mpp-x"), props.get("openslide.mpp-y"))
+    if mpp and props.get("tiff.ResolutionUnit", "").lower() == "inch" and mpp >= 50:
+        return None  # OpenSlide took a 72/96 dpi writer default for a scan resolution
+    if mpp:
+        return mpp
+    for key in ("aperio.MPP", "ventana.ScanRes"):
+        if _positive(props.get(key)):
+            return _positive(props[key])
+    spacing = props.get("philips.DICOM_PIXEL_SPACING")  # '"0.000243" "0.000243"', millimetres
+    if spacing:
+        vals = [_positive(v) for v in re.findall(r"[0-9.eE+-]+", spacing)]
+        vals = [v for v in vals if v]
+        if vals:
+            return 1000.0 * sum(vals[:2]) / len(vals[:2])
+    if props.get("tiff.XResolution"):
+        return mpp_from_resolution(_positive(props["tiff.XResolution"]) or 0.0,
+                                   props.get("tiff.ResolutionUnit", ""))
+    return None
