@@ -135,6 +135,61 @@ def test_openslide_level_is_a_lazy_tile_chunked_array(tmp_path, cmu_pixels):
         np.testing.assert_array_equal(lv[-10:, -7:, 1], pyr[1][-10:, -7:, 1])
 
 
+def write_philips_tiff(path, pyr: list[np.ndarray], mpp: float):
+    """A Philips TIFF: Software `Philips ...`, the DPUfsImport XML (one WSI image, one
+    DICOM_PIXEL_SPACING in mm per level), reduced-resolution levels; no resolution tags."""
+    def spacing(mm):
+        return f"&quot;{mm:.9g}&quot; &quot;{mm:.9g}&quot;"
+
+    attr = '<Attribute Name="{}" PMSVR="{}">{}</Attribute>'
+    reps = "".join('<DataObject ObjectType="PixelDataRepresentation">'
+                   + attr.format("DICOM_PIXEL_SPACING", "IDoubleArray",
+                                 spacing(mpp / 1000 * 2 ** i)) + "</DataObject>"
+                   for i in range(len(pyr)))
+    xml = ('<?xml version="1.0" encoding="UTF-8" ?><DataObject ObjectType="DPUfsImport">'
+           '<Attribute Name="PIM_DP_SCANNED_IMAGES" PMSVR="IDataObjectArray"><Array>'
+           '<DataObject ObjectType="DPScannedImage">'
+           + attr.format("DICOM_PIXEL_SPACING", "IDoubleArray", spacing(mpp / 1000))
+           + attr.format("PIM_DP_IMAGE_TYPE", "IString", "WSI")
+           + attr.format("PIIM_PIXEL_DATA_REPRESENTATION_SEQUENCE", "IDataObjectArray",
+                         f"<Array>{reps}</Array>")
+           + "</DataObject></Array></Attribute></DataObject>")
+    with tifffile.TiffWriter(path) as tw:
+        for i, a in enumerate(pyr):
+            tw.write(a, tile=(256, 256), photometric="rgb", compression="zlib", metadata=None,
+                     software="Philips DP v1.0" if i == 0 else None,
+                     description=xml if i == 0 else None, subfiletype=1 if i else 0)
+    return path
+
+
+def write_leica_scn(path, pyr: list[np.ndarray], mpp: float, offset_xy=(64, 32),
+                    margin_xy=(200, 100)):
+    """A Leica SCN: one brightfield main image placed at `offset_xy` px inside a larger
+    collection (sizes in nm in the XML, as the scanner writes them)."""
+    nm = round(mpp * 1000)
+    h, w = pyr[0].shape[:2]
+    cw, ch = w + margin_xy[0], h + margin_xy[1]
+    dims = "".join(f'<dimension sizeX="{a.shape[1]}" sizeY="{a.shape[0]}" r="{i}" ifd="{i}"/>'
+                   for i, a in enumerate(pyr))
+    xml = ('<?xml version="1.0" encoding="utf-8"?>'
+           '<scn xmlns="http://www.leica-microsystems.com/scn/2010/10/01">'
+           f'<collection name="c" sizeX="{cw * nm}" sizeY="{ch * nm}"><image name="main">'
+           '<creationDate>2026-01-01T00:00:00.00Z</creationDate>'
+           '<device model="Leica SCN400" version="1.5"/>'
+           f'<pixels sizeX="{w}" sizeY="{h}">{dims}</pixels>'
+           f'<view sizeX="{w * nm}" sizeY="{h * nm}" offsetX="{offset_xy[0] * nm}" '
+           f'offsetY="{offset_xy[1] * nm}" spacingZ="0"/>'
+           '<scanSettings><objectiveSettings><objective>20</objective></objectiveSettings>'
+           '<illuminationSettings><numericalAperture>0.4</numericalAperture>'
+           '<illuminationSource>brightfield</illuminationSource></illuminationSettings>'
+           '</scanSettings></image></collection></scn>')
+    with tifffile.TiffWriter(path) as tw:
+        for i, a in enumerate(pyr):
+            tw.write(a, tile=(256, 256), photometric="rgb", compression="zlib", metadata=None,
+                     description=xml if i == 0 else None, subfiletype=1 if i else 0)
+    return path
+
+
 # ----------------------------------------------------------------------------- routing
 
 def test_generic_pyramidal_tiff_reads_the_same_through_both_backends(tmp_path, cmu_pixels):
@@ -165,6 +220,40 @@ def test_generic_pyramidal_tiff_reads_the_same_through_both_backends(tmp_path, c
                 np.testing.assert_array_equal(t.read_level(lv), pyr[lv])
                 if lv < o.level_count:
                     np.testing.assert_array_equal(o.read_level(lv), pyr[lv])
+
+
+def test_philips_tiff_is_routed_by_content_and_calibrated_from_its_xml(tmp_path, cmu_pixels):
+    """A .tiff suffix says nothing: the Philips XML does. tifffile alone finds no µm/px in it;
+    OpenSlide reads DICOM_PIXEL_SPACING (mm) and the levels."""
+    img = cmu_pixels[:1024, :1536]
+    pyr = [img, halve(img), halve(halve(img))]
+    path = write_philips_tiff(tmp_path / "philips.tiff", pyr, mpp=0.25)
+    assert choose_backend(path) == "openslide"
+    with open_slide(path, backend="tifffile") as t:
+        assert t.mpp is None
+    with open_slide(path) as s:
+        assert s.backend == "openslide" and s.vendor == "philips"
+        assert s.mpp == pytest.approx(0.25) and s.level_count == 3
+        for lv in range(3):
+            np.testing.assert_array_equal(s.read_level(lv), pyr[lv])
+
+
+def test_leica_scn_places_its_image_in_the_collection_on_white(tmp_path, cmu_pixels):
+    """OpenSlide gives a Leica slide the collection's size with the scanned image at its
+    offset and transparency elsewhere; we see white there, and µm/px from the nm sizes."""
+    img = cmu_pixels[:1024, :1536]
+    pyr = [img, halve(img), halve(halve(img))]
+    path = write_leica_scn(tmp_path / "leica.scn", pyr, mpp=0.25)
+    with open_slide(path) as s:
+        assert s.backend == "openslide" and s.vendor == "leica"
+        assert s.mpp == pytest.approx(0.25)
+        assert s.dimensions == (1536 + 200, 1024 + 100)
+        full = s.read_level(0)
+        np.testing.assert_array_equal(full[32:32 + 1024, 64:64 + 1536], img)
+        white = np.ones(full.shape[:2], bool)
+        white[32:32 + 1024, 64:64 + 1536] = False
+        assert (full[white] == 255).all()
+        np.testing.assert_array_equal(s.read_level(1)[16:16 + 512, 32:32 + 768], pyr[1])
 
 
 def test_ome_tiff_stays_on_tifffile_whatever_its_suffix(tmp_path, cmu_pixels):

@@ -59,7 +59,7 @@ class OpenSlideSlide(Slide):
             self._background = np.array([int(bg[i:i + 2], 16) for i in (0, 2, 4)], np.float32)
         except ValueError:
             self._background = np.full(3, 255.0, np.float32)
-        self._set_mpp(vendor_mpp(props), mpp)
+        self._set_mpp(vendor_mpp(props, _leica_description(self.path, self.vendor)), mpp)
 
     def tile_size(self, level: int) -> tuple[int, int]:
         """(h, w) of the format's tiles at `level` (OpenSlide's hint), for lazy chunking."""
@@ -90,6 +90,19 @@ class OpenSlideSlide(Slide):
 
     def close(self) -> None:
         self._osr.close()
+
+
+def _leica_description(path: Path, vendor: str) -> str | None:
+    """A Leica SCN's XML (sizes in nm and px), which OpenSlide does not pass on."""
+    if vendor != "leica":
+        return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as t:
+            return t.pages[0].description
+    except Exception:  # noqa: BLE001 - OpenSlide read it; no µm/px is the worst outcome
+        return None
 
 
 class OpenSlideLevel:
