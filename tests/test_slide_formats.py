@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
+from test_slide_support import cmu_or_skip, halve, write_leica_scn, write_philips_tiff, write_svs
 
 from her2core.errors import UserError
-from her2core.sample.real import cmu_path
 from her2core.slide import choose_backend, open_slide, write_pyramid
 from her2core.slide.mpp import mpp_from_resolution, vendor_mpp
 
@@ -23,43 +23,13 @@ openslide = pytest.importorskip("openslide")
 
 @pytest.fixture(scope="module")
 def cmu():
-    try:
-        return cmu_path()
-    except UserError as exc:
-        pytest.skip(str(exc))
+    return cmu_or_skip()
 
 
 @pytest.fixture(scope="module")
 def cmu_pixels(cmu):
     with open_slide(cmu, backend="tifffile") as s:
         return s.read_level(0)
-
-
-def halve(a: np.ndarray) -> np.ndarray:
-    h, w = a.shape[0] // 2 * 2, a.shape[1] // 2 * 2
-    return a[:h, :w].reshape(h // 2, 2, w // 2, 2, 3).mean((1, 3)).round().astype(np.uint8)
-
-
-def write_svs(path, img: np.ndarray, levels: int = 3, mpp: float | None = 0.499,
-              compression="jpeg", tile: int = 256):
-    """An Aperio SVS as the scanner lays it out: tiled levels, a stripped thumbnail after
-    level 0, the `Aperio Image Library` description with `MPP = ...` on level 0."""
-    pyr = [img]
-    for _ in range(levels - 1):
-        pyr.append(halve(pyr[-1]))
-    h, w = img.shape[:2]
-    head = f"Aperio Image Library v12.0.15 \r\n{w}x{h} ({tile}x{tile}) JPEG/RGB Q=90"
-    with tifffile.TiffWriter(path) as tw:
-        for i, a in enumerate(pyr):
-            desc = (head + "|AppMag = 20" + (f"|MPP = {mpp}" if mpp else "") if i == 0
-                    else f"{head} -> {a.shape[1]}x{a.shape[0]}")
-            tw.write(a, tile=(tile, tile), photometric="rgb", compression=compression,
-                     description=desc, metadata=None)
-            if i == 0:
-                thumb = pyr[-1]
-                tw.write(thumb, photometric="rgb", compression=compression, metadata=None,
-                         description=f"{head} -> {thumb.shape[1]}x{thumb.shape[0]} - ")
-    return path, pyr
 
 
 # ----------------------------------------------------------------------------- real CMU-1 .svs
@@ -133,61 +103,6 @@ def test_openslide_level_is_a_lazy_tile_chunked_array(tmp_path, cmu_pixels):
         assert lv.chunks == (512, 512, 3)
         np.testing.assert_array_equal(lv[100:300, 50:90], pyr[1][100:300, 50:90])
         np.testing.assert_array_equal(lv[-10:, -7:, 1], pyr[1][-10:, -7:, 1])
-
-
-def write_philips_tiff(path, pyr: list[np.ndarray], mpp: float):
-    """A Philips TIFF: Software `Philips ...`, the DPUfsImport XML (one WSI image, one
-    DICOM_PIXEL_SPACING in mm per level), reduced-resolution levels; no resolution tags."""
-    def spacing(mm):
-        return f"&quot;{mm:.9g}&quot; &quot;{mm:.9g}&quot;"
-
-    attr = '<Attribute Name="{}" PMSVR="{}">{}</Attribute>'
-    reps = "".join('<DataObject ObjectType="PixelDataRepresentation">'
-                   + attr.format("DICOM_PIXEL_SPACING", "IDoubleArray",
-                                 spacing(mpp / 1000 * 2 ** i)) + "</DataObject>"
-                   for i in range(len(pyr)))
-    xml = ('<?xml version="1.0" encoding="UTF-8" ?><DataObject ObjectType="DPUfsImport">'
-           '<Attribute Name="PIM_DP_SCANNED_IMAGES" PMSVR="IDataObjectArray"><Array>'
-           '<DataObject ObjectType="DPScannedImage">'
-           + attr.format("DICOM_PIXEL_SPACING", "IDoubleArray", spacing(mpp / 1000))
-           + attr.format("PIM_DP_IMAGE_TYPE", "IString", "WSI")
-           + attr.format("PIIM_PIXEL_DATA_REPRESENTATION_SEQUENCE", "IDataObjectArray",
-                         f"<Array>{reps}</Array>")
-           + "</DataObject></Array></Attribute></DataObject>")
-    with tifffile.TiffWriter(path) as tw:
-        for i, a in enumerate(pyr):
-            tw.write(a, tile=(256, 256), photometric="rgb", compression="zlib", metadata=None,
-                     software="Philips DP v1.0" if i == 0 else None,
-                     description=xml if i == 0 else None, subfiletype=1 if i else 0)
-    return path
-
-
-def write_leica_scn(path, pyr: list[np.ndarray], mpp: float, offset_xy=(64, 32),
-                    margin_xy=(200, 100)):
-    """A Leica SCN: one brightfield main image placed at `offset_xy` px inside a larger
-    collection (sizes in nm in the XML, as the scanner writes them)."""
-    nm = round(mpp * 1000)
-    h, w = pyr[0].shape[:2]
-    cw, ch = w + margin_xy[0], h + margin_xy[1]
-    dims = "".join(f'<dimension sizeX="{a.shape[1]}" sizeY="{a.shape[0]}" r="{i}" ifd="{i}"/>'
-                   for i, a in enumerate(pyr))
-    xml = ('<?xml version="1.0" encoding="utf-8"?>'
-           '<scn xmlns="http://www.leica-microsystems.com/scn/2010/10/01">'
-           f'<collection name="c" sizeX="{cw * nm}" sizeY="{ch * nm}"><image name="main">'
-           '<creationDate>2026-01-01T00:00:00.00Z</creationDate>'
-           '<device model="Leica SCN400" version="1.5"/>'
-           f'<pixels sizeX="{w}" sizeY="{h}">{dims}</pixels>'
-           f'<view sizeX="{w * nm}" sizeY="{h * nm}" offsetX="{offset_xy[0] * nm}" '
-           f'offsetY="{offset_xy[1] * nm}" spacingZ="0"/>'
-           '<scanSettings><objectiveSettings><objective>20</objective></objectiveSettings>'
-           '<illuminationSettings><numericalAperture>0.4</numericalAperture>'
-           '<illuminationSource>brightfield</illuminationSource></illuminationSettings>'
-           '</scanSettings></image></collection></scn>')
-    with tifffile.TiffWriter(path) as tw:
-        for i, a in enumerate(pyr):
-            tw.write(a, tile=(256, 256), photometric="rgb", compression="zlib", metadata=None,
-                     description=xml if i == 0 else None, subfiletype=1 if i else 0)
-    return path
 
 
 # ----------------------------------------------------------------------------- routing
