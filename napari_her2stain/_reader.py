@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from her2core.slide import open_slide
-from her2core.slide.formats import SLIDE_SUFFIXES
+from her2core.slide.formats import SLIDE_SUFFIXES, is_slide_path
 from napari_her2stain import _layers as L
 
 HE_NAMES = ("he.ome.tif", "he.ome.tiff", "he.tif", "he.svs")
@@ -42,7 +42,7 @@ def _is_ours(path) -> bool:
     p = Path(path)
     if p.is_dir():
         return find_folder_layers(p) is not None
-    return p.name.lower().endswith(SLIDE_SUFFIXES)
+    return is_slide_path(p)
 
 
 def read_paths(path) -> list[tuple]:

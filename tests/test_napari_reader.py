@@ -177,3 +177,17 @@ def test_napari_runs_on_qt6_without_the_pyqt5_deprecation(make_napari_viewer, pa
     viewer.open(str(root / "he.ome.tif"), plugin="napari-her2stain")
     shown = [str(n.message) for n in notification_manager.records[before:]]
     assert not any("PyQt5" in m for m in shown), shown
+
+
+def test_manifest_claims_every_slide_suffix_and_only_dicom_slides(tmp_path):
+    from npe2 import PluginManifest
+
+    from her2core.slide.formats import SLIDE_SUFFIXES
+
+    mf = PluginManifest.from_distribution("napari-her2stain")
+    slide_reader = next(r for r in mf.contributions.readers
+                        if r.command == "napari-her2stain.get_reader")
+    assert set(slide_reader.filename_patterns) == {f"*{s}" for s in SLIDE_SUFFIXES}
+    ct = tmp_path / "ct.dcm"  # a DICOM file that is not a whole-slide image
+    ct.write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)
+    assert napari_get_reader(str(ct)) is None

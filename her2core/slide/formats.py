@@ -30,6 +30,16 @@ def has_slide_suffix(path: str | Path) -> bool:
     return Path(path).name.lower().endswith(SLIDE_SUFFIXES)
 
 
+def is_slide_path(path: str | Path) -> bool:
+    """A slide suffix, and for .dcm a DICOM whole-slide image (not any DICOM file)."""
+    path = Path(path)
+    if not has_slide_suffix(path):
+        return False
+    if path.name.lower().endswith(".dcm"):
+        return _openslide_facts(path)[0] == "dicom"
+    return True
+
+
 def choose_backend(path: str | Path) -> str:
     """"tifffile" or "openslide" for `path` (which must exist)."""
     path = Path(path)
