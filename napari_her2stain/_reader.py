@@ -1,7 +1,9 @@
 """npe2 reader: whole-slide images and her2core output folders as lazy, micron-scaled layers.
 
-A slide becomes one multiscale RGB image layer whose levels are dask arrays over
-the TIFF tiles (her2core.slide.Slide.level_array): napari reads only the tiles
+A slide of any format her2core.slide opens (OME-TIFF and plain TIFF through
+tifffile; .svs .mrxs .ndpi .scn .bif .vms .vmu .svslide, DICOM and vendor TIFF through
+OpenSlide) becomes one multiscale RGB image layer whose levels are dask arrays over
+the slide's tiles (her2core.slide.Slide.level_array): napari reads only the tiles
 it draws, so a gigapixel slide opens in a blink and never lands in memory.
 Layer scale is microns per pixel, so H&E, HER2 and virtual HER2 written at
 different resolutions still line up in the viewer.
@@ -15,12 +17,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from her2core.slide import open_slide
+from her2core.slide.formats import SLIDE_SUFFIXES, is_slide_path
 from napari_her2stain import _layers as L
-
-#: File suffixes opened with her2core's TIFF reader (OME-TIFF, SVS, generic tiled TIFF).
-TIFF_SUFFIXES = (".ome.tif", ".ome.tiff", ".tif", ".tiff", ".svs", ".qptiff", ".btf")
-#: Vendor formats only openslide reads; accepted when the `openslide` extra is installed.
-OPENSLIDE_SUFFIXES = (".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif")
 
 HE_NAMES = ("he.ome.tif", "he.ome.tiff", "he.tif", "he.svs")
 HER2_REGISTERED_NAMES = ("her2_registered.ome.tif", "her2_registered.ome.tiff")
@@ -43,16 +42,7 @@ def _is_ours(path) -> bool:
     p = Path(path)
     if p.is_dir():
         return find_folder_layers(p) is not None
-    name = p.name.lower()
-    if name.endswith(TIFF_SUFFIXES):
-        return True
-    return name.endswith(OPENSLIDE_SUFFIXES) and _openslide_available()
-
-
-def _openslide_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("openslide") is not None
+    return is_slide_path(p)
 
 
 def read_paths(path) -> list[tuple]:
@@ -71,34 +61,25 @@ def open_cached(path):
     key = str(Path(path).resolve())
     slide = _OPEN.get(key)
     if slide is None:
-        slide = _open_any(Path(path))
+        slide = open_slide(Path(path))
         _OPEN[key] = slide
     return slide
 
 
-def _open_any(path: Path):
-    from her2core.slide import open_slide
-
-    if path.name.lower().endswith(OPENSLIDE_SUFFIXES):
-        from her2core.errors import UserError
-
-        try:  # optional backend; her2core decides how to wrap it
-            from her2core.slide import open_openslide  # type: ignore[attr-defined]
-        except ImportError:
-            raise UserError(f"{path}: this format needs the openslide extra "
-                            "(pip install 'napari-her2stain[openslide]')") from None
-        return open_openslide(path)
-    return open_slide(path)
-
-
 def slide_levels(slide) -> list:
-    """Lazy dask arrays of every level, chunked like the TIFF tiles."""
+    """Lazy dask arrays of every level, chunked like the slide's tiles (TIFF or vendor)."""
     import dask.array as da
+    import numpy as np
+    import zarr
 
     levels = []
     for i in range(slide.level_count):
         z = slide.level_array(i)
-        arr = da.from_zarr(z, chunks=z.chunks)
+        if isinstance(z, zarr.Array):
+            arr = da.from_zarr(z, chunks=z.chunks)
+        else:  # OpenSlide level: reads only the region of each chunk
+            arr = da.from_array(z, chunks=z.chunks, asarray=False, fancy=False,
+                                meta=np.empty((0, 0, 3), np.uint8))
         if arr.ndim == 2:  # greyscale slide: show as RGB so overlays compare like with like
             arr = da.stack([arr] * 3, axis=-1)
         elif arr.shape[-1] == 4:
@@ -148,7 +129,7 @@ def origin_translate(slide, mpp: float) -> tuple[float, float]:
 
 def _stem(path: Path) -> str:
     name = path.name
-    for suf in sorted(TIFF_SUFFIXES + OPENSLIDE_SUFFIXES, key=len, reverse=True):
+    for suf in sorted(SLIDE_SUFFIXES, key=len, reverse=True):
         if name.lower().endswith(suf):
             return name[: -len(suf)]
     return path.stem

@@ -10,8 +10,18 @@ Everything is computed by her2core; this script only drives the widgets.
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import tempfile
 from pathlib import Path
+
+
+def _prefer_qt6() -> None:
+    """Run on Qt 6 (napari 0.9 deprecates PyQt5 and says so in every window) when it is
+    installed, even beside PyQt5; an explicit QT_API wins."""
+    for api, module in (("pyqt6", "PyQt6"), ("pyside6", "PySide6")):
+        if "QT_API" not in os.environ and importlib.util.find_spec(module) is not None:
+            os.environ["QT_API"] = api
 
 
 def main(argv=None) -> int:
@@ -21,6 +31,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=60, help="training steps of the tiny model")
     args = ap.parse_args(argv)
 
+    _prefer_qt6()
     import napari
     import numpy as np
     from qtpy.QtWidgets import QApplication

@@ -5,6 +5,24 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
+
+def _qt6_binding() -> str | None:
+    """The Qt 6 binding the napari tests run on (napari 0.9 deprecates PyQt5): PyQt6 (what the
+    `napari` extra installs), else PySide6 (the `pyside6` extra). qtpy (napari) honours QT_API
+    and pytest-qt PYTEST_QT_API: both are set, so the two never load different bindings."""
+    import importlib.util
+
+    for api, module in (("pyqt6", "PyQt6"), ("pyside6", "PySide6")):
+        if importlib.util.find_spec(module) is not None:
+            return api
+    return None
+
+
+if "QT_API" not in os.environ and _qt6_binding():
+    os.environ["QT_API"] = _qt6_binding()
+if os.environ.get("QT_API", "").lower() in ("pyqt5", "pyqt6", "pyside6"):
+    os.environ.setdefault("PYTEST_QT_API", os.environ["QT_API"].lower())
+
 import pytest  # noqa: E402
 
 

