@@ -9,6 +9,7 @@ import numpy as np
 from her2core.cli import main
 from her2core.qupath.geojson import read_features, write_features
 from her2core.qupath.project import builder_matrix, load_project
+from her2core.slide import write_pyramid
 
 FIX = Path(__file__).parent / "fixtures" / "qupath"
 M = [[1.01, 0.02, 250.0], [-0.02, 0.99, -75.5], [0.0, 0.0, 1.0]]
@@ -17,8 +18,13 @@ M = [[1.01, 0.02, 250.0], [-0.02, 0.99, -75.5], [0.0, 0.0, 1.0]]
 def _case(tmp_path):
     slides = tmp_path / "slides"
     slides.mkdir()
-    for n in ("c1_HE.ome.tif", "c1_HER2.ome.tif", "c1_virtual.ome.tif"):
-        (slides / n).write_bytes(b"x")
+    rgb = np.full((300, 400, 3), 235, np.uint8)
+    rgb[60:240, 80:320] = (180, 90, 160)
+    for n in ("c1_HE.ome.tif", "c1_HER2.ome.tif"):
+        write_pyramid(slides / n, rgb, mpp=0.25, tile=64, min_size=64)
+    # a virtual HER2 of a region: half the pixels (0.5 µm/px), cut at level-0 (40, 20)
+    write_pyramid(slides / "c1_virtual.ome.tif", rgb[:100, :150], mpp=0.5, tile=64, min_size=64,
+                  origin_xy=(40.0, 20.0), properties={"slide_mpp": 0.25, "kind": "virtual_her2"})
     reg = tmp_path / "reg"
     reg.mkdir()
     (reg / "transform.json").write_text(json.dumps({"matrix": M, "her2": str(slides / "c1_HER2.ome.tif")}))
@@ -36,8 +42,12 @@ def test_project_export_import_round_trip(tmp_path, capsys):
     assert "importObjectsFromFile" in text and "(new)" in text
     data = load_project(proj)
     kinds = [e["serverBuilder"]["builderType"] for e in data["images"]]
-    assert kinds == ["uri", "affine", "uri"]
+    assert kinds == ["uri", "affine", "affine"]
     np.testing.assert_allclose(builder_matrix(data["images"][1]["serverBuilder"]), M)
+    # the virtual HER2 of a region: scale 2 and its level-0 origin, in the H&E's frame
+    np.testing.assert_allclose(builder_matrix(data["images"][2]["serverBuilder"]),
+                               [[2, 0, 40], [0, 2, 20], [0, 0, 1]])
+    assert data["images"][2]["serverBuilder"]["metadata"]["width"] == 400
     assert [e["metadata"]["her2.role"] for e in data["images"]] == ["he", "her2_registered", "virtual_her2"]
 
     # QuPath's export script output for entry 1 wins over the sidecar; entry 2 falls back to it

@@ -49,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="the HER2 slide already resampled into the first image's grid "
                    "(her2_registered.ome.tif of `her2 register`), added as a plain entry")
     p.add_argument("--virtual", action="append", type=Path, default=[], metavar="SLIDE",
-                   help="a virtual HER2 slide in the first image's pixel grid (repeatable)")
+                   help="a virtual HER2 slide of the first image (`her2 translate --slide`, whole "
+                   "slide or --roi/--region), shown in its pixel grid (repeatable)")
 
     e = sub.add_parser("export", help="annotations of every image as GeoJSON, named per image",
                        description="Write the annotations of every project image to OUT/<image>.geojson "
@@ -106,6 +107,7 @@ def _project(args) -> int:
             raise UserError(f"{args.registered}: names no HER2 slide; give it with --her2 SLIDE")
         reqs.append(ImageRequest(path=her2, image_type="BRIGHTFIELD_H_DAB", role="her2_registered",
                                  transform_xy=reg.matrix_xy, rois=first_rois, pair_with=0,
+                                 frame=args.image[0],
                                  metadata={"her2.transform": str(Path(args.registered).resolve())}))
         if reg.has_field:
             print(f"note: {args.registered} refines the affine with a local displacement field; QuPath's "
@@ -115,12 +117,13 @@ def _project(args) -> int:
         raise UserError("--her2 needs --registered TRANSFORM.json (the HER2 slide is shown in H&E space)")
     if args.her2_resampled is not None:
         reqs.append(ImageRequest(path=args.her2_resampled, image_type="BRIGHTFIELD_H_DAB",
-                                 role="her2_registered", rois=first_rois,
+                                 role="her2_registered", rois=first_rois, frame=args.image[0],
                                  pair_with=None if args.registered is not None else 0,
                                  name=f"{Path(args.her2_resampled).name} (HER2 resampled)"))
     for v in args.virtual:
         reqs.append(ImageRequest(path=v, image_type="BRIGHTFIELD_H_DAB", role="virtual_her2",
-                                 rois=first_rois, name=f"{Path(v).name} (virtual HER2)"))
+                                 rois=first_rois, frame=args.image[0],
+                                 name=f"{Path(v).name} (virtual HER2)"))
     res = add_images(args.out, reqs)
     print(f"project: {res.project_dir / 'project.qpproj'}"
           + (f" (previous copy: {res.backup.name})" if res.backup else " (new)"))
