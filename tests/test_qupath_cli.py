@@ -129,3 +129,24 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
     assert main(["qupath", "import", "--project", str(tmp_path / "p"), "--image", "1", "--geojson",
                  str(FIX / "qupath_single_feature.geojson"), "--measurements", str(m)]) == 2
     assert "no feature with id or name 'ROI 9'" in capsys.readouterr().err
+
+
+def test_builder_writes_the_virtual_entry_run_translate_groovy_adds(tmp_path, capsys):
+    """run_translate.groovy adds the virtual slide with the serverBuilder this writes: scaled
+    and shifted onto the H&E's level-0 grid, with the H&E's size and µm/px."""
+    slides, tj = _case(tmp_path)
+    out = tmp_path / "b.json"
+    assert main(["qupath", "builder", "--slide", str(slides / "c1_virtual.ome.tif"),
+                 "--frame", str(slides / "c1_HE.ome.tif"), "--out", str(out)]) == 0
+    b = json.loads(out.read_text())
+    assert b["builderType"] == "affine" and b["builder"]["builderType"] == "uri"
+    np.testing.assert_allclose(builder_matrix(b), [[2, 0, 40], [0, 2, 20], [0, 0, 1]])
+    assert (b["metadata"]["width"], b["metadata"]["height"]) == (400, 300)
+    assert b["metadata"]["pixelCalibration"]["pixelWidth"] == {"value": 0.25, "unit": "µm"}
+    assert "x' = 2·x + 0·y + 40" in capsys.readouterr().out
+    # the registered HER2 the same way; --transform without --frame is refused (exit 2)
+    assert main(["qupath", "builder", "--slide", str(slides / "c1_HER2.ome.tif"), "--frame",
+                 str(slides / "c1_HE.ome.tif"), "--transform", str(tj), "--out", str(out)]) == 0
+    np.testing.assert_allclose(builder_matrix(json.loads(out.read_text())), M)
+    assert main(["qupath", "builder", "--slide", str(slides / "c1_HER2.ome.tif"),
+                 "--transform", str(tj), "--out", str(out)]) == 2

@@ -6,6 +6,7 @@
     her2 qupath import  --project PROJ --image NAME|ID --geojson RESULTS.geojson
                         [--measurements M.csv|M.json] [--as measurements|annotations]
     her2 qupath check   --project PROJ --step export|tiles|translate|import|measurements
+    her2 qupath builder --slide V.ome.tif --frame HE.svs --out builder.json
 """
 
 from __future__ import annotations
@@ -74,6 +75,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="extra measurements per feature: CSV or JSON keyed by feature id or name")
     i.add_argument("--as", dest="mode", choices=("measurements", "annotations"), default="measurements")
 
+    b = sub.add_parser("builder", help="the QuPath serverBuilder JSON of one slide (for Groovy scripts)",
+                       description="Write the serverBuilder of a project entry for SLIDE: plain, or, with "
+                       "--frame, shown in the frame slide's level-0 grid (a her2 region slide such as a "
+                       "virtual HER2 of an ROI is scaled and shifted by its recorded origin; --transform "
+                       "applies a registration). run_translate.groovy reads it with QuPath's GsonTools.")
+    b.add_argument("--slide", required=True, type=Path)
+    b.add_argument("--frame", type=Path, help="the H&E slide whose level-0 grid the entry uses")
+    b.add_argument("--transform", type=Path, metavar="TRANSFORM.json",
+                   help="registration of SLIDE onto --frame (`her2 register`)")
+    b.add_argument("--out", required=True, type=Path)
+
     c = sub.add_parser("check", help="check the per-image status files of a QuPath batch run",
                        description="QuPath's multi-image run exits 0 even when images fail; this exits 1 "
                        "unless every image has an ok status for STEP.")
@@ -82,8 +94,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return {"project": _project, "export": _export, "import": _import,
+    return {"project": _project, "export": _export, "import": _import, "builder": _builder,
             "check": _check}[args.qupath_command](args)
+
+
+def _builder(args) -> int:
+    from her2core.qupath.project import entry_builder, load_registration
+    from her2core.util.atomic import write_json
+
+    matrix = None
+    if args.transform is not None:
+        if args.frame is None:
+            raise UserError("--transform needs --frame HE (the slide it registers onto)")
+        matrix = load_registration(args.transform).matrix_xy
+    builder = entry_builder(args.slide, transform_xy=matrix, frame=args.frame)
+    write_json(args.out, builder)
+    t = builder.get("transform")
+    where = "" if t is None else (f" (x' = {t['m00']:g}·x + {t['m01']:g}·y + {t['m02']:g}, "
+                                  f"y' = {t['m10']:g}·x + {t['m11']:g}·y + {t['m12']:g})")
+    print(f"{args.out}: {builder['builderType']} serverBuilder for {args.slide.name}{where}")
+    return 0
 
 
 # ----------------------------------------------------------------------------- project
