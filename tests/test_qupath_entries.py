@@ -297,3 +297,64 @@ m.each { t ->
     assert r.returncode == 0, r.stderr
     got = [line.strip() == "true" for line in r.stdout.split("\n") if line.strip()]
     assert got == [_java_is_general(np.linalg.inv(m)) for m in mats] == [True, False]
+
+
+def test_entries_list_without_their_file_and_old_her2_entries_are_upgraded(he, tmp_path):
+    """With metadata in the builder QuPath never opens the file to list an entry or read its
+    size (ImageData.java L287-299; DefaultProject.java L659-695), so a moved slide no longer
+    stops a `QuPath script -p` run at that entry. An entry an older her2 wrote (fixed
+    Bio-Formats reader, no metadata) is rewritten in place when the image is added again."""
+    _, rgb, he_path = he
+    slide = shutil.copy(he_path, tmp_path / "moved.ome.tif")
+    proj = tmp_path / "proj"
+    add_images(proj, [ImageRequest(Path(slide), role="he")])
+    data = load_project(proj)
+    old = data["images"][0]["serverBuilder"]
+    assert old["metadata"]["width"] == rgb.shape[1]
+
+    def no_file(path):
+        raise FileNotFoundError(path)
+
+    Path(slide).rename(tmp_path / "elsewhere.ome.tif")
+    view = server_view(old, open_file=no_file)          # listed without the file
+    assert (view.width, view.height) == (rgb.shape[1], rgb.shape[0])
+    bare = {k: v for k, v in old.items() if k != "metadata"}
+    with pytest.raises(FileNotFoundError):               # before: the server had to be built
+        server_view(bare, open_file=no_file)
+    # an entry written by the previous her2: Bio-Formats named, no metadata
+    Path(tmp_path / "elsewhere.ome.tif").rename(slide)
+    data["images"][0]["serverBuilder"] = dict(bare, providerClassName=BIOFORMATS,
+                                              args=["--series", "0"])
+    (proj / "project.qpproj").write_text(json.dumps(data))
+    res = add_images(proj, [ImageRequest(Path(slide), role="he")])
+    again = load_project(proj)["images"]
+    assert len(again) == 1 and res.entries[0]["entryID"] == again[0]["entryID"]
+    assert "providerClassName" not in again[0]["serverBuilder"]
+    assert again[0]["serverBuilder"]["metadata"]["width"] == rgb.shape[1]
+
+
+def test_each_entry_kind_opens_at_the_he_size_and_pixel_size(he, tmp_path):
+    """Every entry kind `her2 qupath project` writes, read as QuPath reads it (server_view:
+    ImageServerBuilder.java L188-196, AffineTransformImageServer.java L67-111): H&E (uri),
+    registered HER2 (affine, sheared), resampled HER2 already in the H&E grid (plain uri) and
+    a whole-slide virtual HER2 at twice the µm/px (affine scale 2, origin 0)."""
+    _, rgb, he_path = he
+    h, w = rgb.shape[:2]
+    resampled = write_pyramid(tmp_path / "her2_registered.ome.tif", rgb, mpp=SLIDE_MPP, tile=128,
+                              min_size=128)
+    half = rgb[::2, ::2]
+    whole_virtual = write_pyramid(tmp_path / "virtual_whole.ome.tif", half, mpp=WORK_MPP, tile=128,
+                                  min_size=128, properties={"slide_mpp": SLIDE_MPP})
+    res = add_images(tmp_path / "p", [
+        ImageRequest(he_path, role="he"),
+        ImageRequest(resampled, role="her2_registered", frame=he_path),
+        ImageRequest(whole_virtual, role="virtual_her2", frame=he_path),
+        ImageRequest(resampled, role="her2_registered", transform_xy=SHEAR_M, frame=he_path)])
+    kinds = [e["serverBuilder"]["builderType"] for e in res.entries]
+    assert kinds == ["uri", "uri", "affine", "affine"]
+    for e in res.entries:
+        v = server_view(e["serverBuilder"], open_file=_open_file)
+        assert (v.width, v.height) == (w, h) and v.averaged_pixel_size_microns == SLIDE_MPP
+    v = server_view(res.entries[2]["serverBuilder"], open_file=_open_file)
+    np.testing.assert_array_equal(v.file_pixel([[101.5, 51.5], [w - 0.5, h - 0.5]]),
+                                  [[50, 25], [(w - 1) // 2, (h - 1) // 2]])
