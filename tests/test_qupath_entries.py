@@ -21,7 +21,6 @@ import torch
 from qupath06 import BIOFORMATS, OPENSLIDE, level_downsample_java, readers_tried, server_view
 from scipy import ndimage as ndi
 from shapely.geometry import Polygon
-from test_inference_support import synth_he
 
 from her2core.qupath.geojson import Feature
 from her2core.qupath.project import (
@@ -61,9 +60,16 @@ class Identity(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def he(tmp_path_factory):
+    """The H&E of a `her2 sample` case at 0.25 µm/px: its pixels are the truth."""
+    from her2core.sample.slides import synthetic_case
+
     d = tmp_path_factory.mktemp("entries")
-    rgb = synth_he(900, 1100, seed=7, tissue=0.8)
-    return d, rgb, write_pyramid(d / "he.ome.tif", rgb, mpp=SLIDE_MPP, tile=128, min_size=128)
+    case = synthetic_case(d / "sample", "case00", her2_score=2, size=1024, mpp=SLIDE_MPP)
+    he_path = next(Path(case).rglob("he.ome.tif"))
+    with open_slide(he_path) as s:
+        assert s.mpp == SLIDE_MPP
+        rgb = s.read_region((0, 0), 0, s.dimensions)
+    return d, rgb, he_path
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +236,7 @@ def test_registered_entry_is_calibrated_and_unclipped_for_a_sheared_affine(he, t
     _, rgb, he_path = he
     # the HER2 slide: the H&E content as it would sit on the HER2 slide (H&E = M @ HER2)
     minv = np.linalg.inv(SHEAR_M)
-    hh, ww = 760, 900
+    hh, ww = 640, 700
     her2 = np.stack([ndi.affine_transform(rgb[..., c], _rc_matrix(SHEAR_M), output_shape=(hh, ww),
                                           order=0, cval=242) for c in range(3)], -1)
     her2_path = write_pyramid(tmp_path / "her2.ome.tif", her2, mpp=SLIDE_MPP, tile=128, min_size=128)
