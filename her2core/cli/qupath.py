@@ -157,8 +157,15 @@ def _project(args) -> int:
     res = add_images(args.out, reqs)
     print(f"project: {res.project_dir / 'project.qpproj'}"
           + (f" (previous copy: {res.backup.name})" if res.backup else " (new)"))
+    from her2core.qupath.project import entry_path
+    from her2core.qupath.server import reader_description
+
     for e in res.entries:
-        print(f"  entry {e['entryID']}: {e['imageName']} [{e['serverBuilder']['builderType']}]")
+        b = e["serverBuilder"]
+        md = b.get("metadata") or {}
+        size = f", {md['width']}x{md['height']} px" if md else ""
+        print(f"  entry {e['entryID']}: {e['imageName']} [{b['builderType']}{size}; reader: "
+              f"{reader_description(entry_path(e))}]")
     if res.sidecars:
         print(f"annotations: {len(res.sidecars)} sidecar GeoJSON in {res.project_dir / 'her2' / 'annotations'}")
         print("import them in QuPath: Automate > Project scripts > her2_import_annotations, Run for project;")

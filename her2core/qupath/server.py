@@ -28,7 +28,6 @@ import numpy as np
 from her2core.errors import UserError
 
 OPENSLIDE = "qupath.lib.images.servers.openslide.OpenslideServerBuilder"
-BIOFORMATS = "qupath.lib.images.servers.bioformats.BioFormatsServerBuilder"
 #: Formats QuPath 0.6 opens with OpenSlide (its support level beats Bio-Formats' for them).
 OPENSLIDE_SUFFIXES = (".mrxs", ".ndpi", ".svs", ".scn", ".bif", ".vms", ".vmu", ".svslide")
 MICROMETER = "µm"   # QuPath's GeneralTools.SYMBOL_MICROMETER
