@@ -40,9 +40,17 @@ try {
         return
     }
     def server = getCurrentServer()
-    double serverMpp = server.getPixelCalibration().getAveragedPixelSize()
-    if (!(serverMpp > 0) || Double.isNaN(serverMpp))
-        throw new IllegalStateException('image has no pixel size in microns; set it in Image > Pixel size')
+    // getAveragedPixelSize() is 1 (pixel) on an uncalibrated image; getAveragedPixelSizeMicrons()
+    // is NaN there, so only it can refuse the image (tests/test_qupath_scripts.py runs this block)
+    // her2: pixel-size guard (begin)
+    def micronsPerPixel = { cal ->
+        double um = cal.getAveragedPixelSizeMicrons()
+        if (Double.isNaN(um) || !(um > 0))
+            throw new IllegalStateException('image has no pixel size in microns; set it in Image > Pixel size')
+        return um
+    }
+    // her2: pixel-size guard (end)
+    double serverMpp = micronsPerPixel(server.getPixelCalibration())
     double downsample = MPP / serverMpp
     double step = TILE * downsample
 

@@ -12,15 +12,19 @@
  *   1. its annotations -> PROJECT/her2/translate/<entryID>_rois.geojson
  *   2. her2 translate --run RUN --slide IMG --roi ROIS.geojson --out PROJECT/her2/translate/<entryID>_virtual_her2.ome.tif
  *   3. the output is checked (exit code 0, file exists and is not empty) and added to the project
- *      as "<image name> (virtual HER2)", image type Brightfield H-DAB, with the same ROIs.
+ *      as "<image name> (virtual HER2)", image type Brightfield H-DAB, with the same ROIs:
+ *      `her2 qupath builder` writes its entry — the ROI box at the model's µm/px, scaled and
+ *      shifted onto the H&E's level-0 grid, with the H&E's size and µm/px — so the ROIs drawn
+ *      on the H&E fall on the same tissue of the virtual slide.
  * Status        PROJECT/her2/status/translate/<entryID>.json; QuPath's multi-image run exits 0
  *               even when an image fails, so check with
  *               `her2 qupath check --project PROJECT --step translate` (run_batch.sh does).
  */
 import groovy.json.JsonOutput
-import java.awt.image.BufferedImage
 import qupath.lib.images.ImageData
-import qupath.lib.images.servers.ImageServerProvider
+import qupath.lib.images.servers.ImageServerBuilder
+import qupath.lib.images.servers.ImageServers
+import qupath.lib.io.GsonTools
 import qupath.lib.io.PathIO
 
 String RUN = args.size() > 0 ? args[0] : ''
@@ -59,31 +63,36 @@ try {
     exportObjectsToGeoJson(annotations, rois.getAbsolutePath(), 'FEATURE_COLLECTION')
     def out = new File(workDir, eid + '_virtual_her2.ome.tif')
 
-    def cmd = [HER2, 'translate', '--run', RUN, '--slide', slide.getAbsolutePath(),
-               '--roi', rois.getAbsolutePath(), '--out', out.getAbsolutePath()]
-    println 'her2: ' + cmd.join(' ')
-    def pb = new ProcessBuilder(cmd).redirectErrorStream(true)
-    def proc = pb.start()
     def log = new File(workDir, eid + '_translate.log')
-    log.withOutputStream { os -> proc.getInputStream().transferTo(os) }
-    int rc = proc.waitFor()
-    if (rc != 0)
-        throw new IOException('her2 translate exited with ' + rc + '; see ' + log)
+    def runHer2 = { List<String> cmd ->
+        println 'her2: ' + cmd.join(' ')
+        def proc = new ProcessBuilder(cmd).redirectErrorStream(true).start()
+        log.withWriterAppend { w -> w << proc.getInputStream().text }
+        int rc = proc.waitFor()
+        if (rc != 0)
+            throw new IOException('her2 ' + cmd[1] + ' exited with ' + rc + '; see ' + log)
+    }
+    log.text = ''
+    runHer2([HER2, 'translate', '--run', RUN, '--slide', slide.getAbsolutePath(),
+             '--roi', rois.getAbsolutePath(), '--out', out.getAbsolutePath(), '--overwrite'])
     if (!out.isFile() || out.length() == 0)
         throw new IOException('her2 translate wrote no output ' + out)
+    // The entry of the virtual slide in this image's level-0 frame (affine scale + shift)
+    def builderFile = new File(workDir, eid + '_virtual_her2.builder.json')
+    runHer2([HER2, 'qupath', 'builder', '--slide', out.getAbsolutePath(),
+             '--frame', slide.getAbsolutePath(), '--out', builderFile.getAbsolutePath()])
+    ImageServers.getServerBuilderFactory()  // registers the serverBuilder types with GsonTools
+    def serverBuilder = GsonTools.getInstance().fromJson(builderFile.text, ImageServerBuilder.ServerBuilder.class)
 
-    // Add the virtual slide once (a re-run reuses the entry)
+    // Add the virtual slide once (a re-run replaces the entry's builder)
     def project = getProject()
     def outUri = out.toURI()
     def existing = project.getImageList().find { e -> e.getServerBuilder().getURIs().contains(outUri) }
     def newEntry = existing
-    if (newEntry == null) {
-        def support = ImageServerProvider.getPreferredUriImageSupport(BufferedImage.class, outUri.toString())
-        if (support == null || support.getBuilders().isEmpty())
-            throw new IOException('QuPath cannot open ' + out)
-        newEntry = project.addImage(support.getBuilders().get(0))
-        newEntry.setImageName(entry.getImageName() + ' (virtual HER2)')
-    }
+    if (newEntry != null)
+        project.removeImage(newEntry, true)
+    newEntry = project.addImage(serverBuilder)
+    newEntry.setImageName(entry.getImageName() + ' (virtual HER2)')
     newEntry.putMetadataValue('her2.role', 'virtual_her2')
     newEntry.putMetadataValue('her2.image_type', 'BRIGHTFIELD_H_DAB')
     newEntry.putMetadataValue('her2.source_entry', eid)

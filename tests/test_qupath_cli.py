@@ -9,6 +9,7 @@ import numpy as np
 from her2core.cli import main
 from her2core.qupath.geojson import read_features, write_features
 from her2core.qupath.project import builder_matrix, load_project
+from her2core.slide import write_pyramid
 
 FIX = Path(__file__).parent / "fixtures" / "qupath"
 M = [[1.01, 0.02, 250.0], [-0.02, 0.99, -75.5], [0.0, 0.0, 1.0]]
@@ -17,8 +18,13 @@ M = [[1.01, 0.02, 250.0], [-0.02, 0.99, -75.5], [0.0, 0.0, 1.0]]
 def _case(tmp_path):
     slides = tmp_path / "slides"
     slides.mkdir()
-    for n in ("c1_HE.ome.tif", "c1_HER2.ome.tif", "c1_virtual.ome.tif"):
-        (slides / n).write_bytes(b"x")
+    rgb = np.full((300, 400, 3), 235, np.uint8)
+    rgb[60:240, 80:320] = (180, 90, 160)
+    for n in ("c1_HE.ome.tif", "c1_HER2.ome.tif"):
+        write_pyramid(slides / n, rgb, mpp=0.25, tile=64, min_size=64)
+    # a virtual HER2 of a region: half the pixels (0.5 µm/px), cut at level-0 (40, 20)
+    write_pyramid(slides / "c1_virtual.ome.tif", rgb[:100, :150], mpp=0.5, tile=64, min_size=64,
+                  origin_xy=(40.0, 20.0), properties={"slide_mpp": 0.25, "kind": "virtual_her2"})
     reg = tmp_path / "reg"
     reg.mkdir()
     (reg / "transform.json").write_text(json.dumps({"matrix": M, "her2": str(slides / "c1_HER2.ome.tif")}))
@@ -36,8 +42,12 @@ def test_project_export_import_round_trip(tmp_path, capsys):
     assert "importObjectsFromFile" in text and "(new)" in text
     data = load_project(proj)
     kinds = [e["serverBuilder"]["builderType"] for e in data["images"]]
-    assert kinds == ["uri", "affine", "uri"]
+    assert kinds == ["uri", "affine", "affine"]
     np.testing.assert_allclose(builder_matrix(data["images"][1]["serverBuilder"]), M)
+    # the virtual HER2 of a region: scale 2 and its level-0 origin, in the H&E's frame
+    np.testing.assert_allclose(builder_matrix(data["images"][2]["serverBuilder"]),
+                               [[2, 0, 40], [0, 2, 20], [0, 0, 1]])
+    assert data["images"][2]["serverBuilder"]["metadata"]["width"] == 400
     assert [e["metadata"]["her2.role"] for e in data["images"]] == ["he", "her2_registered", "virtual_her2"]
 
     # QuPath's export script output for entry 1 wins over the sidecar; entry 2 falls back to it
@@ -119,3 +129,24 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
     assert main(["qupath", "import", "--project", str(tmp_path / "p"), "--image", "1", "--geojson",
                  str(FIX / "qupath_single_feature.geojson"), "--measurements", str(m)]) == 2
     assert "no feature with id or name 'ROI 9'" in capsys.readouterr().err
+
+
+def test_builder_writes_the_virtual_entry_run_translate_groovy_adds(tmp_path, capsys):
+    """run_translate.groovy adds the virtual slide with the serverBuilder this writes: scaled
+    and shifted onto the H&E's level-0 grid, with the H&E's size and µm/px."""
+    slides, tj = _case(tmp_path)
+    out = tmp_path / "b.json"
+    assert main(["qupath", "builder", "--slide", str(slides / "c1_virtual.ome.tif"),
+                 "--frame", str(slides / "c1_HE.ome.tif"), "--out", str(out)]) == 0
+    b = json.loads(out.read_text())
+    assert b["builderType"] == "affine" and b["builder"]["builderType"] == "uri"
+    np.testing.assert_allclose(builder_matrix(b), [[2, 0, 40], [0, 2, 20], [0, 0, 1]])
+    assert (b["metadata"]["width"], b["metadata"]["height"]) == (400, 300)
+    assert b["metadata"]["pixelCalibration"]["pixelWidth"] == {"value": 0.25, "unit": "µm"}
+    assert "x' = 2·x + 0·y + 40" in capsys.readouterr().out
+    # the registered HER2 the same way; --transform without --frame is refused (exit 2)
+    assert main(["qupath", "builder", "--slide", str(slides / "c1_HER2.ome.tif"), "--frame",
+                 str(slides / "c1_HE.ome.tif"), "--transform", str(tj), "--out", str(out)]) == 0
+    np.testing.assert_allclose(builder_matrix(json.loads(out.read_text())), M)
+    assert main(["qupath", "builder", "--slide", str(slides / "c1_HER2.ome.tif"),
+                 "--transform", str(tj), "--out", str(out)]) == 2

@@ -58,7 +58,9 @@ def test_v06_fixture_content_is_read_as_qupath_means_it():
     assert [len(p.interiors) for p in front.geometry.geoms] == [0, 2]
     assert front.class_name == "Tumor: HER2 2+"
     assert points.geometry.geom_type == "MultiPoint" and line.geometry.geom_type == "LineString"
-    assert cell.object_type == "cell" and "nucleusGeometry" in cell.extra
+    # QuPath writes a cell's nucleus beside 'geometry' (QuPathTypeAdapters.java v0.6.0 L347-353)
+    assert cell.object_type == "cell" and cell.nucleus.bounds == (2005, 2005, 2015, 2015)
+    assert "nucleusGeometry" not in cell.extra
     assert bare.name is None and bare.classification is None and bare.measurements == {}
 
 
@@ -165,8 +167,8 @@ def test_transform_features_applies_the_registration_matrix():
     np.testing.assert_allclose(np.asarray(moved[0].geometry.exterior.coords), apply_affine_xy(m, src))
     np.testing.assert_allclose(moved[0].geometry.area, feats[0].geometry.area * abs(np.linalg.det(m[:2, :2])))
     assert len(moved[1].geometry.geoms[1].interiors) == 2
-    nuc_src = np.asarray(feats[4].extra["nucleusGeometry"]["coordinates"][0])
-    nuc_dst = np.asarray(moved[4].extra["nucleusGeometry"]["coordinates"][0])
+    nuc_src = np.asarray(feats[4].nucleus.exterior.coords)
+    nuc_dst = np.asarray(moved[4].nucleus.exterior.coords)
     np.testing.assert_allclose(nuc_dst, apply_affine_xy(m, nuc_src))
     assert moved[0].measurements == feats[0].measurements and moved[0].name == feats[0].name
     assert feats[0].geometry.bounds == (1000, 2000, 1600, 2500)  # input untouched
@@ -176,3 +178,39 @@ def test_transform_features_applies_the_registration_matrix():
         warnings.simplefilter("error")
         assert isinstance(transform_features([Feature(Polygon([(0, 0), (1, 0), (0, 1)]))],
                                              np.eye(3))[0].geometry, Polygon)
+
+
+def test_cell_nucleus_is_written_beside_geometry_as_qupath_reads_it(tmp_path):
+    """QuPath reads a cell's nucleus from the feature's top-level 'nucleusGeometry'
+    (QuPathTypeAdapters.java v0.6.0 L554-557, written at L347-353); inside 'properties' it
+    is ignored and the cell comes back without a nucleus."""
+    feats = read_features(FIX / "qupath_v06_collection.geojson")
+    out = write_features(tmp_path / "cells.geojson", feats)
+    doc = json.loads(out.read_text())
+    cell = doc["features"][4]
+    assert cell["properties"]["objectType"] == "cell"
+    assert "nucleusGeometry" not in cell["properties"]
+    assert cell["nucleusGeometry"]["type"] == "Polygon"
+    assert read_features(out)[4].nucleus.equals(feats[4].nucleus)
+
+
+def test_mixed_shapes_are_split_never_written_as_a_geometry_collection(tmp_path):
+    """QuPath keeps only the highest-dimension parts of a GeometryCollection
+    (GeometryTools.java v0.6.0 L572-605, applied on import at L1478-1483): a napari group of
+    a polygon and a path must become two features."""
+    square = np.array([[0, 0], [0, 50], [50, 50], [50, 0]], float)
+    group = [PolygonRC(square, "polygon", name="mixed", feature_index=0, id="a-1"),
+             PolygonRC(np.array([[100, 0], [120, 80]], float), "path", name="mixed", feature_index=0)]
+    with pytest.warns(UserWarning, match="written as 2 features"):
+        feats = polygons_rc_to_features(group)
+    assert [f.geometry.geom_type for f in feats] == ["Polygon", "LineString"]
+    assert [f.id for f in feats] == ["a-1", None]
+    from shapely.geometry import GeometryCollection, LineString, Point
+
+    gc = Feature(GeometryCollection([Polygon([(0, 0), (9, 0), (9, 9)]), LineString([(0, 0), (5, 5)]),
+                                     Point(3, 3)]), name="gc")
+    with pytest.warns(UserWarning, match="written as 3 features"):
+        out = write_features(tmp_path / "gc.geojson", [gc])
+    text = out.read_text()
+    assert "GeometryCollection" not in text
+    assert [f.geometry.geom_type for f in read_features(out)] == ["Polygon", "LineString", "Point"]

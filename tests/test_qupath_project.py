@@ -20,19 +20,22 @@ from her2core.qupath.project import (
     save_project,
     uri_to_path,
 )
+from her2core.slide import write_pyramid
 
 FIX = Path(__file__).parent / "fixtures" / "qupath"
 # A registration-like transform: rotation, anisotropic scale, shear, translation.
 M = np.array([[0.9981, -0.0523, 412.75], [0.0601, 1.0042, -96.125], [0.0, 0.0, 1.0]])
 
 
-def _slides(tmp_path, *names):
+def _slides(tmp_path, *names, mpp=0.5):
+    """Small real pyramidal slides (the project writer reads their size and µm/px)."""
     out = []
+    rgb = np.full((150, 200, 3), 235, np.uint8)
+    rgb[40:110, 50:160] = (180, 90, 160)
     for n in names:
         p = tmp_path / "slides" / n
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(b"not read by the project writer")
-        out.append(p)
+        out.append(write_pyramid(p, rgb, mpp=mpp, tile=64, min_size=64))
     return out
 
 
@@ -49,7 +52,7 @@ def test_new_project_has_the_fields_qupath_06_writes(tmp_path):
     res = add_images(tmp_path / "proj", [
         ImageRequest(he, rois=rois, role="he"),
         ImageRequest(her2, image_type="BRIGHTFIELD_H_DAB", role="her2_registered",
-                     transform_xy=M, rois=rois, pair_with=0)])
+                     transform_xy=M, rois=rois, pair_with=0, frame=he)])
     data = json.loads((tmp_path / "proj" / "project.qpproj").read_text())
     assert data["version"] == "0.6.0"
     assert {"createTimestamp", "modifyTimestamp", "uri", "lastID", "images"} <= set(data)
@@ -61,8 +64,9 @@ def test_new_project_has_the_fields_qupath_06_writes(tmp_path):
         uuid.UUID(e["randomizedName"])
     assert e1["entryID"] == 1 and e2["entryID"] == 2
     b1 = e1["serverBuilder"]
-    assert b1["builderType"] == "uri" and b1["args"] == ["--series", "0"]
-    assert b1["providerClassName"].endswith("BioFormatsServerBuilder")
+    assert b1["builderType"] == "uri" and b1["args"] == []
+    assert "providerClassName" not in b1  # QuPath picks the reader (Bio-Formats for OME-TIFF)
+    assert b1["metadata"]["width"] == 200 and b1["metadata"]["height"] == 150
     assert "%20" in b1["uri"] and uri_to_path(b1["uri"]) == he.resolve()
     assert e1["imageName"] == "case1 HE.ome.tif"
     b2 = e2["serverBuilder"]
@@ -86,14 +90,15 @@ def test_new_project_has_the_fields_qupath_06_writes(tmp_path):
 
 
 def test_affine_entry_maps_points_exactly_as_the_registration(tmp_path):
-    he, her2 = _slides(tmp_path, "he.tif", "her2.tif")
+    he, her2 = _slides(tmp_path, "he.ome.tif", "her2.ome.tif")
     reg = tmp_path / "reg" / "transform.json"
     reg.parent.mkdir()
-    reg.write_text(json.dumps({"matrix": M.tolist(), "her2": "../slides/her2.tif",
+    reg.write_text(json.dumps({"matrix": M.tolist(), "her2": "../slides/her2.ome.tif",
                                "he": str(he), "mpp_her2": 0.25, "mpp_he": 0.25}))
     r = load_registration(reg)
     assert r.her2_slide.resolve() == her2.resolve() and r.he_slide == he
-    add_images(tmp_path / "p", [ImageRequest(he), ImageRequest(r.her2_slide, transform_xy=r.matrix_xy)])
+    add_images(tmp_path / "p", [ImageRequest(he), ImageRequest(r.her2_slide, transform_xy=r.matrix_xy,
+                                                               frame=he)])
     entry = load_project(tmp_path / "p")["images"][1]
     pts = np.array([[0, 0], [1000, 0], [0, 1000], [12345.5, 6789.25], [80000, 60000]], float)
     expected = apply_affine_xy(M, pts)  # HER2 level-0 (x, y) -> H&E level-0 (x, y)
@@ -135,9 +140,9 @@ def test_extending_backs_up_and_never_loses_an_entry(tmp_path):
     shutil.copytree(FIX / "project_v06", proj)
     before_text = (proj / "project.qpproj").read_text()
     before = json.loads(before_text)
-    he, her2 = _slides(tmp_path, "case8_HE.svs", "case8_HER2.svs")
+    he, her2 = _slides(tmp_path, "case8_HE.ome.tif", "case8_HER2.ome.tif")
     res = add_images(proj, [ImageRequest(he, rois=read_features(FIX / "qupath_v02_list.json")),
-                            ImageRequest(her2, transform_xy=M, pair_with=0)])
+                            ImageRequest(her2, transform_xy=M, pair_with=0, frame=he)])
     after = load_project(proj)
     assert after["images"][:2] == before["images"]  # untouched, in place
     assert [e["entryID"] for e in after["images"]] == [2, 5, 6, 7]
@@ -147,7 +152,7 @@ def test_extending_backs_up_and_never_loses_an_entry(tmp_path):
                json.loads((proj / "classifiers" / "classes.json").read_text())["pathClasses"]}
     assert classes["Ignore*"] == -1710619 and classes["Stroma"] == -6895466  # kept
     # the same images again: same entries, new backup, still nothing lost
-    res2 = add_images(proj, [ImageRequest(he), ImageRequest(her2, transform_xy=M)])
+    res2 = add_images(proj, [ImageRequest(he), ImageRequest(her2, transform_xy=M, frame=he)])
     again = load_project(proj)
     assert [e["entryID"] for e in again["images"]] == [2, 5, 6, 7]
     assert [e["entryID"] for e in res2.entries] == [6, 7] and res2.backup != res.backup
@@ -170,7 +175,7 @@ def test_save_refuses_to_drop_entries(tmp_path):
 
 
 def test_bad_inputs_are_user_errors(tmp_path):
-    (he,) = _slides(tmp_path, "he.tif")
+    (he,) = _slides(tmp_path, "he.ome.tif")
     with pytest.raises(UserError, match="slide not found"):
         add_images(tmp_path / "p", [ImageRequest(tmp_path / "absent.svs")])
     with pytest.raises(UserError, match="image type"):

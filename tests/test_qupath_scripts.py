@@ -12,6 +12,7 @@ import pytest
 
 from her2core.coords import apply_affine_xy
 from her2core.qupath.project import ImageRequest, add_images, import_script_text
+from her2core.slide import write_pyramid
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "qupath_scripts"
@@ -65,10 +66,11 @@ def test_every_script_documents_gui_and_command_line_use():
 def test_java_awt_applies_the_affine_entry_as_the_registration_does(tmp_path):
     groovy, env = _groovy_env()
     for n in ("he.tif", "her2.tif"):
-        (tmp_path / n).write_bytes(b"x")
+        write_pyramid(tmp_path / n, np.full((64, 96, 3), 230, np.uint8), mpp=0.5, tile=64)
     m = np.array([[0.97, -0.11, 812.5], [0.13, 1.03, -240.25], [0, 0, 1]])
     add_images(tmp_path / "p", [ImageRequest(tmp_path / "he.tif"),
-                                ImageRequest(tmp_path / "her2.tif", transform_xy=m)])
+                                ImageRequest(tmp_path / "her2.tif", transform_xy=m,
+                                             frame=tmp_path / "he.tif")])
     pts = np.array([[0, 0], [1000, 0], [0, 1000], [31415.5, 27182.75]])
     prog = tmp_path / "apply.groovy"
     # Exactly what QuPath's GsonTools AffineTransformProxy.fill does with the stored fields.
@@ -88,3 +90,45 @@ pts.each { p ->
     assert r.returncode == 0, r.stderr
     got = np.array([[float(v) for v in line.split()] for line in r.stdout.split("\n") if line.strip()])
     np.testing.assert_allclose(got, apply_affine_xy(m, pts), rtol=0, atol=1e-9)
+
+
+_CALIBRATION_STANDIN = """
+// What QuPath 0.6.0's PixelCalibration answers (PixelCalibration.java L57-58: default size
+// 1 px; L195-197 and L213-226: the micron getters are NaN unless the unit is µm; L286-287:
+// getAveragedPixelSize() averages the raw values, 1 for an uncalibrated image).
+class Cal {
+    Double w; String unit
+    Number getAveragedPixelSize() { return w }
+    double getAveragedPixelSizeMicrons() { return unit == 'µm' ? w : Double.NaN }
+}
+def results = []
+[new Cal(w: 1.0d, unit: 'px'), new Cal(w: 0.25d, unit: 'µm')].each { cal ->
+    try { results << String.valueOf(GUARD(cal)) } catch (IllegalStateException e) { results << 'refused' }
+}
+println results.join(' ')
+"""
+
+
+def test_export_tiles_refuses_an_uncalibrated_slide(tmp_path):
+    """export_tiles.groovy's pixel-size guard, run against QuPath's calibration answers."""
+    groovy, env = _groovy_env()
+    text = (SCRIPTS / "export_tiles.groovy").read_text()
+    begin, end = "// her2: pixel-size guard (begin)", "// her2: pixel-size guard (end)"
+    assert begin in text and end in text, "the guard block is marked for this test"
+    guard = text.split(begin, 1)[1].split(end, 1)[0]
+    assert "getAveragedPixelSizeMicrons()" in guard
+    old_guard = """def micronsPerPixel = { cal ->
+        double serverMpp = cal.getAveragedPixelSize()
+        if (!(serverMpp > 0) || Double.isNaN(serverMpp))
+            throw new IllegalStateException('no pixel size')
+        return serverMpp
+    }"""
+    out = {}
+    for label, code in (("new", guard), ("old", old_guard)):
+        prog = tmp_path / f"{label}.groovy"
+        prog.write_text(code + "\ndef GUARD = micronsPerPixel\n" + _CALIBRATION_STANDIN)
+        r = _groovy([prog], env, groovy)
+        assert r.returncode == 0, r.stdout + r.stderr
+        out[label] = r.stdout.split()
+    assert out["new"] == ["refused", "0.25"]
+    assert out["old"] == ["1.0", "0.25"]  # the defect: 1 "µm"/px on an uncalibrated slide

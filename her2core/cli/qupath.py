@@ -6,6 +6,7 @@
     her2 qupath import  --project PROJ --image NAME|ID --geojson RESULTS.geojson
                         [--measurements M.csv|M.json] [--as measurements|annotations]
     her2 qupath check   --project PROJ --step export|tiles|translate|import|measurements
+    her2 qupath builder --slide V.ome.tif --frame HE.svs --out builder.json
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="the HER2 slide already resampled into the first image's grid "
                    "(her2_registered.ome.tif of `her2 register`), added as a plain entry")
     p.add_argument("--virtual", action="append", type=Path, default=[], metavar="SLIDE",
-                   help="a virtual HER2 slide in the first image's pixel grid (repeatable)")
+                   help="a virtual HER2 slide of the first image (`her2 translate --slide`, whole "
+                   "slide or --roi/--region), shown in its pixel grid (repeatable)")
 
     e = sub.add_parser("export", help="annotations of every image as GeoJSON, named per image",
                        description="Write the annotations of every project image to OUT/<image>.geojson "
@@ -73,6 +75,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="extra measurements per feature: CSV or JSON keyed by feature id or name")
     i.add_argument("--as", dest="mode", choices=("measurements", "annotations"), default="measurements")
 
+    b = sub.add_parser("builder", help="the QuPath serverBuilder JSON of one slide (for Groovy scripts)",
+                       description="Write the serverBuilder of a project entry for SLIDE: plain, or, with "
+                       "--frame, shown in the frame slide's level-0 grid (a her2 region slide such as a "
+                       "virtual HER2 of an ROI is scaled and shifted by its recorded origin; --transform "
+                       "applies a registration). run_translate.groovy reads it with QuPath's GsonTools.")
+    b.add_argument("--slide", required=True, type=Path)
+    b.add_argument("--frame", type=Path, help="the H&E slide whose level-0 grid the entry uses")
+    b.add_argument("--transform", type=Path, metavar="TRANSFORM.json",
+                   help="registration of SLIDE onto --frame (`her2 register`)")
+    b.add_argument("--out", required=True, type=Path)
+
     c = sub.add_parser("check", help="check the per-image status files of a QuPath batch run",
                        description="QuPath's multi-image run exits 0 even when images fail; this exits 1 "
                        "unless every image has an ok status for STEP.")
@@ -81,8 +94,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return {"project": _project, "export": _export, "import": _import,
+    return {"project": _project, "export": _export, "import": _import, "builder": _builder,
             "check": _check}[args.qupath_command](args)
+
+
+def _builder(args) -> int:
+    from her2core.qupath.project import entry_builder, load_registration
+    from her2core.util.atomic import write_json
+
+    matrix = None
+    if args.transform is not None:
+        if args.frame is None:
+            raise UserError("--transform needs --frame HE (the slide it registers onto)")
+        matrix = load_registration(args.transform).matrix_xy
+    builder = entry_builder(args.slide, transform_xy=matrix, frame=args.frame)
+    write_json(args.out, builder)
+    t = builder.get("transform")
+    where = "" if t is None else (f" (x' = {t['m00']:g}·x + {t['m01']:g}·y + {t['m02']:g}, "
+                                  f"y' = {t['m10']:g}·x + {t['m11']:g}·y + {t['m12']:g})")
+    print(f"{args.out}: {builder['builderType']} serverBuilder for {args.slide.name}{where}")
+    return 0
 
 
 # ----------------------------------------------------------------------------- project
@@ -106,6 +137,7 @@ def _project(args) -> int:
             raise UserError(f"{args.registered}: names no HER2 slide; give it with --her2 SLIDE")
         reqs.append(ImageRequest(path=her2, image_type="BRIGHTFIELD_H_DAB", role="her2_registered",
                                  transform_xy=reg.matrix_xy, rois=first_rois, pair_with=0,
+                                 frame=args.image[0],
                                  metadata={"her2.transform": str(Path(args.registered).resolve())}))
         if reg.has_field:
             print(f"note: {args.registered} refines the affine with a local displacement field; QuPath's "
@@ -115,17 +147,25 @@ def _project(args) -> int:
         raise UserError("--her2 needs --registered TRANSFORM.json (the HER2 slide is shown in H&E space)")
     if args.her2_resampled is not None:
         reqs.append(ImageRequest(path=args.her2_resampled, image_type="BRIGHTFIELD_H_DAB",
-                                 role="her2_registered", rois=first_rois,
+                                 role="her2_registered", rois=first_rois, frame=args.image[0],
                                  pair_with=None if args.registered is not None else 0,
                                  name=f"{Path(args.her2_resampled).name} (HER2 resampled)"))
     for v in args.virtual:
         reqs.append(ImageRequest(path=v, image_type="BRIGHTFIELD_H_DAB", role="virtual_her2",
-                                 rois=first_rois, name=f"{Path(v).name} (virtual HER2)"))
+                                 rois=first_rois, frame=args.image[0],
+                                 name=f"{Path(v).name} (virtual HER2)"))
     res = add_images(args.out, reqs)
     print(f"project: {res.project_dir / 'project.qpproj'}"
           + (f" (previous copy: {res.backup.name})" if res.backup else " (new)"))
+    from her2core.qupath.project import entry_path
+    from her2core.qupath.server import reader_description
+
     for e in res.entries:
-        print(f"  entry {e['entryID']}: {e['imageName']} [{e['serverBuilder']['builderType']}]")
+        b = e["serverBuilder"]
+        md = b.get("metadata") or {}
+        size = f", {md['width']}x{md['height']} px" if md else ""
+        print(f"  entry {e['entryID']}: {e['imageName']} [{b['builderType']}{size}; reader: "
+              f"{reader_description(entry_path(e))}]")
     if res.sidecars:
         print(f"annotations: {len(res.sidecars)} sidecar GeoJSON in {res.project_dir / 'her2' / 'annotations'}")
         print("import them in QuPath: Automate > Project scripts > her2_import_annotations, Run for project;")

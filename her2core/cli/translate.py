@@ -63,4 +63,19 @@ def run(args: argparse.Namespace) -> int:
                           overlap=args.overlap, overwrite=args.overwrite, device=args.device,
                           precision=args.precision, progress=True)
     print(f"wrote {out}")
+    if out is not None and (args.roi or args.region):
+        _print_placement(out, args.slide)
     return 0
+
+
+def _print_placement(out: Path, slide: Path) -> None:
+    """Where the region's pixels sit on the H&E, and the one command that overlays it in QuPath."""
+    from her2core.slide import open_slide
+
+    with open_slide(out) as v:
+        (x0, y0), mpp = v.origin_xy, v.mpp
+        src = v.properties.get("slide_mpp")
+    f = mpp / src if src else 1.0
+    print(f"  region: level-0 origin ({x0:g}, {y0:g}) of {slide.name}, {f:g} level-0 px per pixel "
+          f"({mpp:g} µm/px); napari places it from the file")
+    print(f"  QuPath: her2 qupath project --out PROJECT --image {slide} --virtual {out}")

@@ -2,7 +2,8 @@
 optional paquo backend (imported lazily; it starts a JVM and needs a real QuPath).
 
 See `geojson` (ROIs and measurements), `project` (project.qpproj, classes, sidecars,
-Groovy import script) and `paquo_backend`.
+Groovy import script), `server` (the reader, server metadata and placement QuPath needs for
+an entry) and `paquo_backend`.
 """
 
 from her2core.qupath.geojson import (  # noqa: F401

@@ -71,8 +71,9 @@ class Feature:
     """One QuPath object: a geometry in level-0 (x, y) pixels plus what QuPath attaches to it.
 
     `classification` is ``{"name": str, "color": [r, g, b]}`` (derived classes also keep
-    ``"names": [...]``) or None. `extra` keeps any other property (``color``,
-    ``nucleusGeometry``, …) so a round trip loses nothing.
+    ``"names": [...]``) or None. `nucleus` is a cell's nucleus, which QuPath writes as
+    ``nucleusGeometry`` beside ``geometry`` (not in ``properties``). `extra` keeps any other
+    property (``color``, …) so a round trip loses nothing.
     """
 
     geometry: BaseGeometry
@@ -84,6 +85,7 @@ class Feature:
     id: str | None = None
     locked: bool = False
     extra: dict = field(default_factory=dict)
+    nucleus: BaseGeometry | None = None
 
     @property
     def class_name(self) -> str | None:
@@ -221,7 +223,20 @@ def _parse_feature(f: Any, index: int, source: str, repair: bool) -> Feature:
     object_type = props.get("objectType", props.get("object_type", "annotation"))
     object_type = str(object_type).lower() if object_type else "annotation"
     fid = f.get("id", props.get("id"))
-    extra = {k: copy.deepcopy(v) for k, v in props.items() if k not in _KNOWN_PROPS and k != "id"}
+    extra = {k: copy.deepcopy(v) for k, v in props.items()
+             if k not in _KNOWN_PROPS and k not in ("id", "nucleusGeometry")}
+    # QuPath puts a cell's nucleus beside 'geometry' (QuPathTypeAdapters.java v0.6.0 L347-353,
+    # read back at L554-557); her2 before 0.2 kept it in properties, read that too
+    nucleus_json = f.get("nucleusGeometry", props.get("nucleusGeometry"))
+    nucleus = None
+    if nucleus_json:
+        try:
+            nucleus = shapely.force_2d(shape(nucleus_json))
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError,
+                shapely.errors.GEOSException) as exc:
+            raise UserError(f"{where}: malformed nucleusGeometry ({exc}); export it again from "
+                            "QuPath") from None
+        nucleus = _checked_geometry(nucleus, f"{where} nucleus", repair)
     metadata = props.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise UserError(f"{where}: 'metadata' must be an object of strings")
@@ -235,6 +250,7 @@ def _parse_feature(f: Any, index: int, source: str, repair: bool) -> Feature:
         id=None if fid is None else str(fid),
         locked=bool(props.get("isLocked", False)),
         extra=extra,
+        nucleus=nucleus,
     )
 
 
@@ -323,8 +339,46 @@ def _parse_measurements(m: Any, where: str) -> dict[str, float]:
 
 
 def features_to_geojson(features: Iterable[Feature]) -> dict:
-    """A QuPath-importable FeatureCollection (a plain dict, ready for json.dumps)."""
-    return {"type": "FeatureCollection", "features": [_feature_json(f) for f in features]}
+    """A QuPath-importable FeatureCollection (a plain dict, ready for json.dumps).
+
+    A feature whose geometry mixes areas, lines and points (a GeometryCollection) is split
+    into one feature per kind, with a warning: QuPath keeps only the highest-dimension part
+    of such a geometry (GeometryTools.homogenizeGeometryCollection, v0.6.0 L572-605).
+    """
+    out = []
+    for f in features:
+        out.extend(_feature_json(part) for part in split_mixed(f))
+    return {"type": "FeatureCollection", "features": out}
+
+
+def split_mixed(f: Feature) -> list[Feature]:
+    """`f` itself, or one feature per geometry kind when its geometry is a GeometryCollection."""
+    if not isinstance(f.geometry, GeometryCollection) or isinstance(
+            f.geometry, (MultiPolygon, MultiLineString, MultiPoint)):
+        return [f]
+    kinds: dict[str, list[BaseGeometry]] = {"area": [], "line": [], "point": []}
+    for part in _parts(f.geometry):
+        if isinstance(part, Polygon):
+            kinds["area"].append(part)
+        elif isinstance(part, LineString):
+            kinds["line"].append(part)
+        elif isinstance(part, Point):
+            kinds["point"].append(part)
+    builders = {"area": MultiPolygon, "line": MultiLineString, "point": MultiPoint}
+    out = []
+    for kind, parts in kinds.items():
+        if not parts:
+            continue
+        g = copy.copy(f)
+        g.geometry = parts[0] if len(parts) == 1 else builders[kind](parts)
+        g.id = f.id if not out else None  # QuPath object ids are unique
+        g.extra, g.measurements, g.metadata = copy.deepcopy(f.extra), dict(f.measurements), dict(f.metadata)
+        out.append(g)
+    if len(out) > 1:
+        warnings.warn(f"feature {f.name or f.id or ''!s}: a mix of {', '.join(k for k in kinds if kinds[k])} "
+                      f"written as {len(out)} features (QuPath would keep only the areas)",
+                      UserWarning, stacklevel=3)
+    return out
 
 
 def _feature_json(f: Feature) -> dict:
@@ -349,6 +403,8 @@ def _feature_json(f: Feature) -> dict:
     if f.id is not None:
         out["id"] = f.id
     out["geometry"] = _geometry_json(f.geometry)
+    if f.nucleus is not None:
+        out["nucleusGeometry"] = _geometry_json(f.nucleus)
     out["properties"] = props
     return out
 
@@ -389,9 +445,8 @@ def transform_features(features: Iterable[Feature], matrix) -> list[Feature]:
         g = copy.copy(f)
         g.geometry = shapely.transform(f.geometry, fn)
         g.extra = copy.deepcopy(f.extra)
-        if isinstance(g.extra.get("nucleusGeometry"), dict):
-            g.extra["nucleusGeometry"] = _geometry_json(
-                shapely.transform(shape(g.extra["nucleusGeometry"]), fn))
+        if f.nucleus is not None:
+            g.nucleus = shapely.transform(f.nucleus, fn)
         g.measurements = dict(f.measurements)
         g.metadata = dict(f.metadata)
         out.append(g)
@@ -418,6 +473,8 @@ class PolygonRC:
     feature_index: int | None = None
     is_hole: bool = False
     object_type: str = "annotation"
+    id: str | None = None
+    measurements: dict | None = None
 
 
 def features_to_polygons_rc(features: Sequence[Feature]) -> list[PolygonRC]:
@@ -428,7 +485,8 @@ def features_to_polygons_rc(features: Sequence[Feature]) -> list[PolygonRC]:
     out: list[PolygonRC] = []
     for i, f in enumerate(features):
         meta = {"name": f.name, "class_name": f.class_name, "color": f.class_color,
-                "feature_index": i, "object_type": f.object_type}
+                "feature_index": i, "object_type": f.object_type, "id": f.id,
+                "measurements": dict(f.measurements) or None}
         for part in _parts(f.geometry):
             if isinstance(part, Polygon):
                 out.append(PolygonRC(xy_to_rc(np.asarray(part.exterior.coords)[:-1, :2]),
@@ -462,12 +520,14 @@ def polygons_rc_to_features(
     object_type: str = "annotation",
     repair: bool = True,
 ) -> list[Feature]:
-    """napari (row, col) shapes back to Features, names and classes kept.
+    """napari (row, col) shapes back to Features, names, classes, ids and measurements kept.
 
     Accepts `PolygonRC` items (parts sharing a `feature_index` are merged back into one
     Polygon/MultiPolygon, holes put back into the exterior that contains them) or plain
     (N, 2) arrays with optional parallel `names`, `class_names`, `colors`, `shape_types`
-    (napari's 'polygon', 'rectangle', 'ellipse', 'path', 'line', 'point').
+    (napari's 'polygon', 'rectangle', 'ellipse', 'path', 'line', 'point'). A group mixing
+    areas, lines and points becomes one feature per kind (with a warning), never a
+    GeometryCollection.
     """
     items: list[PolygonRC] = []
     for i, p in enumerate(polygons):
@@ -494,9 +554,10 @@ def polygons_rc_to_features(
         where = f"shape {first.name or key[1]}"
         geom = _group_geometry(group, where)
         geom = _checked_geometry(geom, where, repair)
-        out.append(Feature(geometry=geom, object_type=first.object_type or object_type,
-                           name=first.name,
-                           classification=classification_of(first.class_name, first.color)))
+        out.extend(split_mixed(Feature(
+            geometry=geom, object_type=first.object_type or object_type, name=first.name,
+            classification=classification_of(first.class_name, first.color), id=first.id,
+            measurements=dict(first.measurements or {}))))
     return out
 
 

@@ -18,6 +18,21 @@ from her2core.qupath.geojson import Feature, parse_features
 _IMAGE_TYPES = ("BRIGHTFIELD_H_E", "BRIGHTFIELD_H_DAB", "BRIGHTFIELD_OTHER", "FLUORESCENCE", "OTHER", "UNSET")
 
 
+def class_names(classification: dict | None) -> list[str]:
+    """The name chain of a (possibly derived) class: 'Tumor: Positive' -> ['Tumor', 'Positive'].
+
+    QuPath splits a class string on ':' and strips each part (PathClass.fromString, v0.6.0
+    L561-564); paquo wants the chain as parents because it refuses ':' in one name.
+    """
+    if not classification:
+        return []
+    names = classification.get("names")
+    if isinstance(names, list) and names:
+        return [str(n).strip() for n in names]
+    name = classification.get("name")
+    return [p.strip() for p in str(name).split(":")] if name else []
+
+
 def qupath_available() -> tuple[bool, str]:
     """(found, reason): is there a QuPath paquo would use? Never starts the JVM."""
     try:
@@ -80,39 +95,58 @@ class PaquoBackend:
         names = ", ".join(e.image_name for e in self.project.images)
         raise UserError(f"no image {key!r} in {self.project.path}; choose one of: {names}")
 
-    def set_classes(self, classes: Sequence[dict]) -> None:
-        """Add classes ({'name', 'color': [r, g, b]}) to the project's class list."""
+    def path_class(self, classification: dict | None):
+        """paquo class for a classification; derived classes ('Tumor: Positive') as a parent chain."""
         QuPathPathClass = self._paquo.classes.QuPathPathClass
-        have = {c.name: c for c in self.project.path_classes}
+        pc = None
+        names = class_names(classification)
+        for i, name in enumerate(names):
+            last = i == len(names) - 1
+            rgb = (classification.get("color") if last else None) or None
+            color = None if rgb is None else "#{:02x}{:02x}{:02x}".format(*[int(v) for v in rgb[:3]])
+            pc = QuPathPathClass(name, parent=pc, color=color)
+        return pc
+
+    def set_classes(self, classes: Sequence[dict]) -> None:
+        """Add classes ({'name', 'color': [r, g, b]}, derived ones too) to the project's class list."""
+        have = {c.id: c for c in self.project.path_classes}
         for c in classes:
-            if c.get("name") and c["name"] not in have:
-                r, g, b = (c.get("color") or [128, 128, 128])[:3]
-                have[c["name"]] = QuPathPathClass(c["name"], color=f"#{r:02x}{g:02x}{b:02x}")
+            pc = self.path_class(c)
+            if pc is not None and pc.id not in have:
+                have[pc.id] = pc
         self.project.path_classes = list(have.values())
 
     def add_features(self, entry, features: Sequence[Feature]) -> int:
-        """Add annotations (geometry, class, name, measurements) to an image; returns the count."""
-        QuPathPathClass = self._paquo.classes.QuPathPathClass
-        classes = [f.classification for f in features if f.classification]
-        self.set_classes(classes)
-        by_name = {c.name: c for c in self.project.path_classes}
+        """Add objects (geometry, class, name, measurements) to an image; returns the count.
+
+        Annotations, detections, tiles and cells (with their nucleus) keep their kind.
+        """
+        self.set_classes([f.classification for f in features if f.classification])
+        h = entry.hierarchy
         n = 0
-        with entry.hierarchy.no_autoflush():
+        with h.no_autoflush():
             for f in features:
-                pc = by_name.get(f.class_name) if f.class_name else None
-                if f.class_name and pc is None:
-                    pc = QuPathPathClass(f.class_name)
-                if f.object_type == "detection":
-                    obj = entry.hierarchy.add_detection(roi=f.geometry, path_class=pc,
-                                                        measurements=dict(f.measurements))
+                pc = self.path_class(f.classification)
+                kw = {"roi": f.geometry, "path_class": pc, "measurements": dict(f.measurements)}
+                if f.object_type == "cell" and f.nucleus is not None:
+                    obj = h.add_cell(nucleus_roi=f.nucleus, **kw)
+                elif f.object_type == "tile":
+                    obj = h.add_tile(**kw)
+                elif f.object_type in ("detection", "cell"):
+                    obj = h.add_detection(**kw)
                 else:
-                    obj = entry.hierarchy.add_annotation(roi=f.geometry, path_class=pc,
-                                                         measurements=dict(f.measurements))
+                    obj = h.add_annotation(**kw)
                 if f.name:
                     obj.name = f.name
                 n += 1
         return n
 
     def read_features(self, entry) -> list[Feature]:
-        """Annotations and detections of an image as Features (via paquo's GeoJSON)."""
-        return parse_features(entry.hierarchy.to_geojson(), source=str(entry.image_name))
+        """Annotations and detections (cells and tiles included) of an image as Features.
+
+        paquo's ``hierarchy.to_geojson()`` holds annotations only, so each object is
+        serialised by QuPath's own Gson (``to_geojson`` per object).
+        """
+        h = entry.hierarchy
+        objs = [o.to_geojson() for o in h.annotations] + [o.to_geojson() for o in h.detections]
+        return parse_features(objs, source=str(entry.image_name))

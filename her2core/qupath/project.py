@@ -2,7 +2,10 @@
 
 Why plain JSON: QuPath's project file is JSON that QuPath reads lazily, so her2 can add the
 H&E slide, the registered real HER2 (an ``affine`` server entry wrapping the HER2 slide —
-no resampled copy needed) and the virtual HER2 without a JVM. Annotations cannot be written
+no resampled copy needed) and the virtual HER2 of a region (an ``affine`` scale-and-shift
+entry wrapping the region slide) without a JVM. Entries shown in the H&E frame carry the
+H&E's server metadata (size, levels, µm/px), so QuPath shows them calibrated and unclipped;
+every entry carries its server metadata (see `her2core.qupath.server`). Annotations cannot be written
 into ``data/<entryID>/data.qpdata`` (Java serialization); they go to a sidecar GeoJSON per
 image, imported by the Groovy script this module writes into the project's ``scripts/``.
 
@@ -39,6 +42,12 @@ from her2core.qupath.geojson import (
     read_features,
     write_features,
 )
+from her2core.qupath.server import (
+    frame_metadata,
+    qupath_reader,
+    region_placement,
+    slide_metadata,
+)
 from her2core.util.atomic import write_json, write_text
 
 QUPATH_VERSION = "0.6.0"
@@ -46,8 +55,6 @@ PROJECT_FILE = "project.qpproj"
 CLASSES_FILE = Path("classifiers") / "classes.json"
 SIDECAR_DIR = Path("her2") / "annotations"
 IMPORT_SCRIPT = Path("scripts") / "her2_import_annotations.groovy"
-# Bio-Formats reads OME-TIFF, SVS, NDPI, … in QuPath 0.6; QuPath falls back to other readers.
-BIOFORMATS = "qupath.lib.images.servers.bioformats.BioFormatsServerBuilder"
 # Entry metadata keys (QuPath shows them in the project's image list; scripts read them).
 META_ROLE = "her2.role"
 META_IMAGE_TYPE = "her2.image_type"
@@ -62,8 +69,11 @@ class ImageRequest:
 
     `transform_xy` (3×3, HER2 level-0 (x, y) -> H&E level-0 (x, y)) turns the entry into an
     ``affine`` server wrapping `path`: QuPath then shows the HER2 slide in the H&E slide's
-    pixel grid. `rois` are level-0 (x, y) features of the *entry* (for an affine entry: H&E
-    space) and go into the entry's sidecar GeoJSON.
+    pixel grid. `frame` (the H&E slide) gives that grid's size and µm/px, written into the
+    entry; with `frame` and no `transform_xy`, a her2 region slide (virtual HER2 of an ROI)
+    is placed by its recorded origin and scale (`server.region_placement`). `rois` are
+    level-0 (x, y) features of the *entry* (for an affine entry: H&E space) and go into the
+    entry's sidecar GeoJSON.
     """
 
     path: Path
@@ -75,6 +85,7 @@ class ImageRequest:
     metadata: dict[str, str] = field(default_factory=dict)
     description: str | None = None
     pair_with: int | None = None   # index (in the same request list) of the partner image
+    frame: Path | None = None      # the slide whose level-0 grid this entry is shown in
 
 
 @dataclass
@@ -103,13 +114,25 @@ def uri_to_path(uri: str) -> Path:
     return Path(urllib.request.url2pathname(parsed.path))
 
 
-def uri_builder(path: str | Path, *, provider: str = BIOFORMATS, series: int = 0) -> dict:
-    """serverBuilder of ``builderType`` ``uri`` (QuPath's DefaultImageServerBuilder)."""
-    return {"builderType": "uri", "providerClassName": provider, "uri": path_to_uri(path),
-            "args": ["--series", str(int(series))]}
+def uri_builder(path: str | Path, *, metadata: dict | None = None) -> dict:
+    """serverBuilder of ``builderType`` ``uri`` (QuPath's DefaultImageServerBuilder).
+
+    The reader is the one QuPath would pick (`server.qupath_reader`; none named for
+    OME-TIFF, so QuPath ranks its readers); `metadata` is the server metadata QuPath uses
+    instead of building the server.
+    """
+    provider, args = qupath_reader(path)
+    out: dict = {"builderType": "uri"}
+    if provider is not None:
+        out["providerClassName"] = provider
+    out["uri"] = path_to_uri(path)
+    out["args"] = list(args)
+    if metadata is not None:
+        out["metadata"] = copy.deepcopy(metadata)
+    return out
 
 
-def affine_builder(wrapped: dict, matrix_xy) -> dict:
+def affine_builder(wrapped: dict, matrix_xy, *, metadata: dict | None = None) -> dict:
     """serverBuilder of ``builderType`` ``affine`` wrapping another builder.
 
     QuPath's AffineTransformImageServer shows wrapped pixel (x, y) at ``T @ (x, y, 1)`` — the
@@ -118,12 +141,15 @@ def affine_builder(wrapped: dict, matrix_xy) -> dict:
     m00 m01 m02 / m10 m11 m12 are the rows of the 2×3 matrix.
     """
     m = _as_affine(matrix_xy, "transform")
-    return {
+    out = {
         "builderType": "affine",
         "builder": copy.deepcopy(wrapped),
         "transform": {"m00": m[0, 0], "m10": m[1, 0], "m01": m[0, 1],
                       "m11": m[1, 1], "m02": m[0, 2], "m12": m[1, 2]},
     }
+    if metadata is not None:
+        out["metadata"] = copy.deepcopy(metadata)
+    return out
 
 
 def builder_matrix(builder: dict) -> np.ndarray:
@@ -375,9 +401,18 @@ def _classes_of(features: Sequence[Feature]) -> list[dict]:
 
 
 def _builder_key(builder: dict) -> str:
-    """Identity of an image source (ignoring cached server metadata), to avoid duplicates."""
+    """Identity of an image source (file, series, transform), to avoid duplicates.
+
+    Ignores what only changes how it is opened: server metadata, the reader, ``--no-crop``
+    and ``--series 0`` (entries QuPath or an older her2 wrote match the ones written now).
+    """
     def strip(b):
-        b = {k: v for k, v in b.items() if k != "metadata"}
+        b = {k: v for k, v in b.items() if k not in ("metadata", "providerClassName")}
+        if isinstance(b.get("args"), list):
+            args = [str(a) for a in b["args"] if a != "--no-crop"]
+            if args[:2] == ["--series", "0"]:
+                args = args[2:]
+            b["args"] = args
         if isinstance(b.get("builder"), dict):
             b["builder"] = strip(b["builder"])
         if isinstance(b.get("transform"), dict):
@@ -422,9 +457,7 @@ def add_images(project_dir: str | Path, images: Sequence[ImageRequest], *,
             raise UserError(f"{src}: slide not found; give an existing image file")
         if req.image_type not in IMAGE_TYPES:
             raise UserError(f"{src}: image type {req.image_type!r} unknown; use one of {IMAGE_TYPES}")
-        builder = uri_builder(src)
-        if req.transform_xy is not None:
-            builder = affine_builder(builder, req.transform_xy)
+        builder = entry_builder(src, transform_xy=req.transform_xy, frame=req.frame)
         key = _builder_key(builder)
         entry = by_key.get(key)
         if entry is None:
@@ -435,8 +468,11 @@ def add_images(project_dir: str | Path, images: Sequence[ImageRequest], *,
             next_id += 1
             data["images"].append(entry)
             by_key[key] = entry
-        elif req.name:
-            entry["imageName"] = req.name
+        else:
+            if META_ROLE in (entry.get("metadata") or {}):
+                entry["serverBuilder"] = builder  # an entry her2 wrote: current reader, metadata
+            if req.name:
+                entry["imageName"] = req.name
         md = entry.setdefault("metadata", {})
         md.update({str(k): str(v) for k, v in req.metadata.items()})
         md[META_ROLE] = req.role
@@ -467,6 +503,28 @@ def add_images(project_dir: str | Path, images: Sequence[ImageRequest], *,
     lines = {entry_id(e): groovy_import_line(project_dir, e) for e in touched
              if (project_dir / SIDECAR_DIR / f"{entry_id(e)}.geojson").exists()}
     return ProjectResult(project_dir, touched, backup, sidecars, script, lines)
+
+
+def entry_builder(path: str | Path, *, transform_xy=None, frame: str | Path | None = None) -> dict:
+    """The serverBuilder of one slide: plain ``uri``, or ``affine`` in `frame`'s level-0 grid.
+
+    An affine entry gets `frame`'s server metadata (width, height, levels, µm/px): QuPath
+    applies it over the AffineTransformImageServer's own, which would otherwise be the
+    transformed bounding box from (0, 0) and, for a sheared matrix, no pixel size.
+    """
+    path = Path(path)
+    inner = uri_builder(path, metadata=slide_metadata(path))
+    if transform_xy is None and frame is not None:
+        transform_xy = region_placement(path, frame)
+        if np.allclose(transform_xy, np.eye(3), rtol=0, atol=1e-9):
+            transform_xy = None  # already in the frame's grid (e.g. her2_registered.ome.tif)
+    if transform_xy is None:
+        return inner
+    if frame is None:
+        raise UserError(f"{path}: an entry in another slide's frame needs that slide "
+                        "(the H&E) to take its size and microns per pixel from")
+    name = f"{path.name} in {Path(frame).name}"
+    return affine_builder(inner, transform_xy, metadata=frame_metadata(frame, name=name))
 
 
 def _default_name(src: Path, registered: bool) -> str:
