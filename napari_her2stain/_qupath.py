@@ -69,10 +69,16 @@ def to_level0_rc(data, scale, translate, frame: dict | None) -> list[np.ndarray]
 
 
 def _frame_for(metadata, viewer=None) -> dict | None:
-    """The H&E frame an ROI layer is exported in: its own record, else the viewer's H&E."""
+    """The H&E frame an ROI layer is exported in: its own record, else the viewer's H&E.
+
+    A layer this plugin read from GeoJSON with no H&E open holds level-0 pixels as data
+    (no frame); a layer the user drew is taken in the viewer's H&E frame.
+    """
     info = (metadata or {}).get(L.KEY, {}) if isinstance(metadata, dict) else {}
     if info.get("frame_scale") and info.get("frame_translate"):
         return {"frame_scale": info["frame_scale"], "frame_translate": info["frame_translate"]}
+    if info.get("role") == L.ROLE_ROIS:
+        return None
     if viewer is None:
         try:
             import napari

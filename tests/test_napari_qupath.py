@@ -125,3 +125,15 @@ def test_export_is_in_level0_pixels_whatever_the_layer_scale_and_translate(make_
     (g,) = read_features(tmp_path / "s.geojson")
     # world (row, col) = (10, 5) + 0.5 * data; level-0 = world / 0.25
     assert g.geometry.bounds == pytest.approx((20, 40, 100, 80))
+
+
+def test_geojson_opened_before_the_he_exports_unchanged(make_napari_viewer, geojson_path, tmp_path):
+    """A GeoJSON layer read with no H&E open holds level-0 pixels; an H&E opened later must not
+    rescale it on export."""
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(geojson_path, plugin="napari-her2stain")
+    viewer.add_image(np.zeros((300, 400, 3), np.uint8), rgb=True, scale=(0.5, 0.5),
+                     metadata={"her2stain": {"role": "he", "mpp": 0.5}})
+    out = tmp_path / "same.geojson"
+    layer.save(str(out), plugin="napari-her2stain")
+    assert read_features(out)[0].geometry.bounds == (100, 20, 300, 220)

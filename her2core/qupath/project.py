@@ -3,9 +3,9 @@
 Why plain JSON: QuPath's project file is JSON that QuPath reads lazily, so her2 can add the
 H&E slide, the registered real HER2 (an ``affine`` server entry wrapping the HER2 slide —
 no resampled copy needed) and the virtual HER2 of a region (an ``affine`` scale-and-shift
-entry wrapping the region slide) without a JVM. Entries shown in the H&E frame carry the
-H&E's server metadata (size, levels, µm/px), so QuPath shows them calibrated and unclipped;
-every entry carries its server metadata (see `her2core.qupath.server`). Annotations cannot be written
+entry wrapping the region slide) without a JVM. Every entry carries its server metadata;
+entries shown in the H&E frame carry the H&E's (size, levels, µm/px), so QuPath shows them
+calibrated and unclipped (see `her2core.qupath.server`). Annotations cannot be written
 into ``data/<entryID>/data.qpdata`` (Java serialization); they go to a sidecar GeoJSON per
 image, imported by the Groovy script this module writes into the project's ``scripts/``.
 

@@ -158,9 +158,11 @@ def region_placement(region_slide: str | Path, frame: str | Path) -> np.ndarray:
     identity (already in the frame's grid, e.g. her2_registered.ome.tif).
     """
     with _open(Path(region_slide)) as v, _open(Path(frame)) as he:
-        he_mpp = he.require_mpp()
         v_mpp = v.require_mpp()
-        src_mpp = float(v.properties.get("slide_mpp") or he_mpp)
+        recorded = v.properties.get("slide_mpp")
+        # an H&E without µm/px was translated with --mpp, which the region slide records
+        he_mpp = he.mpp if he.mpp is not None else (float(recorded) if recorded else he.require_mpp())
+        src_mpp = float(recorded or he_mpp)
         if abs(src_mpp - he_mpp) > 1e-6 * he_mpp:
             raise UserError(f"{region_slide}: was cut from a slide at {src_mpp:g} µm/px but "
                             f"{Path(frame).name} has {he_mpp:g} µm/px; give the H&E it came from")
