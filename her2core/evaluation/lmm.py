@@ -282,11 +282,11 @@ def fit_lmm(y, X, terms: list[str], random: dict[str, np.ndarray]) -> LmmFit:
 
     At least one random factor with two levels is needed (else it is OLS).
     """
+    import pandas as pd
+
     y = np.asarray(y, float)
     X = np.asarray(X, float)
     names = list(random)
-    import pandas as pd
-
     codes = [pd.factorize(np.asarray(random[k]))[0].astype(np.int64) for k in names]
     # standardise y: theta is scale free, beta and sigma scale with sd; better conditioned sums
     has_intercept = "Intercept" in terms

@@ -23,7 +23,9 @@ d <- read.csv(a[1], colClasses = "character")
 d[[spec$response]] <- as.numeric(d[[spec$response]])  # the other columns stay character
 for (f in names(spec$levels)) d[[f]] <- factor(d[[f]], levels = spec$levels[[f]])
 t0 <- proc.time()[["elapsed"]]
-fit <- lmer(as.formula(spec$formula), data = d, REML = TRUE)
+ctrl <- if (isTRUE(spec$tight)) lmerControl(optimizer = "bobyqa",
+  optCtrl = list(rhobeg = 2e-3, rhoend = 1e-12, maxfun = 1e5)) else lmerControl()
+fit <- lmer(as.formula(spec$formula), data = d, REML = TRUE, control = ctrl)
 co <- summary(fit)$coefficients
 t1 <- proc.time()[["elapsed"]]
 vc <- as.data.frame(VarCorr(fit))
@@ -50,13 +52,16 @@ def unavailable() -> str | None:
     return None
 
 
-def fit_lme4(df, formula: str, levels: dict[str, list[str]], *, measure_memory: bool = False) -> dict:
+def fit_lme4(df, formula: str, levels: dict[str, list[str]], *, measure_memory: bool = False,
+             tight: bool = False) -> dict:
     """lmer(formula, REML = TRUE) + lmerTest's Satterthwaite summary of `df` (a DataFrame).
 
     `formula` in R syntax, e.g. "ssim ~ framework * dataset + (1|model) + (1|image)";
     `levels`: factor name -> level order (the first is the reference). Returns the
     coefficients (R's names), variances, theta, sigma, REML criterion, R's own fit time
     (`seconds`) and, with `measure_memory`, R's peak resident memory (`peak_rss_mb`).
+    `tight`: bobyqa run to rhoend 1e-12 instead of lme4's default stopping rule, to see the
+    optimum itself (the default stops up to ~1e-6 relative away on small coefficients).
     """
     response = formula.split("~")[0].strip()
     with tempfile.TemporaryDirectory(prefix="her2_lme4_") as tmp:
@@ -66,7 +71,7 @@ def fit_lme4(df, formula: str, levels: dict[str, list[str]], *, measure_memory: 
         df[cols].to_csv(tmp / "data.csv", index=False, float_format="%.17g")
         (tmp / "fit.R").write_text(_SCRIPT)
         (tmp / "spec.json").write_text(json.dumps({
-            "formula": formula, "response": response,
+            "formula": formula, "response": response, "tight": tight,
             "levels": {k: list(map(str, v)) for k, v in levels.items()}}))
         cmd = ["Rscript", str(tmp / "fit.R"), str(tmp / "data.csv"), str(tmp / "spec.json"),
                str(tmp / "out.json")]
