@@ -17,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, type=Path, help="run folder written by `her2 train`")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--tiles", type=Path, help="folder of H&E tiles (PNG/JPEG/TIFF)")
-    src.add_argument("--slide", type=Path, help="H&E slide (OME-TIFF, SVS, tiled TIFF)")
+    src.add_argument("--slide", type=Path, help="H&E slide (OME-TIFF, TIFF, or a vendor format: .svs .mrxs .ndpi ...)")
     p.add_argument("--out", required=True, type=Path,
                    help="output folder (--tiles) or virtual HER2 .ome.tif (--slide)")
     where = p.add_mutually_exclusive_group()
