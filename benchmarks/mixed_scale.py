@@ -5,8 +5,9 @@ Three tables of per-image scores, models crossed with the same test tiles:
     36k   6 models (3 GAN, 3 DM) x 5,980 tiles                         (HER2match test set)
     108k  6 models x 3 training datasets (18 trained models) x 5,980 tiles
 For each, the study's  ssim ~ framework * dataset + (1|model) + (1|image)  is fitted
-  (a) by her2core (fit_metric: design, REML fit, Satterthwaite df), in a fresh Python, and
-  (b) by lme4::lmer + lmerTest's summary in a fresh R (Rscript),
+  (a) by her2core (fit_metric: design, REML fit, Satterthwaite df and the likelihood-ratio
+      refits), in a fresh Python, and
+  (b) by lme4::lmer + lmerTest's summary (Satterthwaite df) in a fresh R (Rscript),
 timing the fit inside each process (loading libraries and reading the table are not timed)
 and taking each process's peak resident memory from /usr/bin/time. Prints both side by side with ratios and
 the largest differences of the estimates. The machine may be shared: times are indicative.

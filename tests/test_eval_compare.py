@@ -62,6 +62,8 @@ def test_recovers_planted_fixed_effects(tmp_path):
     # the paper's significance mark: * on the rows with p <= 0.001, and only there
     n_sig = int((fe.p_value <= 0.001).sum())
     assert 0 < n_sig < len(fe) and text.count('<td class="t">*</td>') == n_sig
+    lrt = s["fits"]["ssim"]["likelihood_ratio_tests"]  # only the interaction: marginality
+    assert [t["term"] for t in lrt] == ["framework:dataset"] and "Likelihood-ratio" in text
 
 
 def test_report_builder_api(tmp_path):

@@ -165,6 +165,14 @@ class _Crossed:
         nmp = self.n - self.p
         return s["ldL2"] + s["ldRX2"] + nmp * (1.0 + np.log(2.0 * np.pi * s["pwrss"] / nmp))
 
+    def profiled_ml(self, theta) -> float:
+        """lme4's ML deviance with sigma profiled out (for likelihood-ratio tests)."""
+        try:
+            s = self.solve(theta)
+        except np.linalg.LinAlgError:
+            return float("inf")
+        return s["ldL2"] + self.n * (1.0 + np.log(2.0 * np.pi * s["pwrss"] / self.n))
+
     def reml(self, varpar) -> float:
         """-2 log restricted likelihood at varpar = (theta..., sigma) (lmerTest's devfun_vp)."""
         theta, sigma2 = varpar[:-1], varpar[-1] ** 2
@@ -282,12 +290,10 @@ def fit_lmm(y, X, terms: list[str], random: dict[str, np.ndarray]) -> LmmFit:
 
     At least one random factor with two levels is needed (else it is OLS).
     """
-    import pandas as pd
-
     y = np.asarray(y, float)
     X = np.asarray(X, float)
     names = list(random)
-    codes = [pd.factorize(np.asarray(random[k]))[0].astype(np.int64) for k in names]
+    codes = _codes(random)
     # standardise y: theta is scale free, beta and sigma scale with sd; better conditioned sums
     has_intercept = "Intercept" in terms
     mu, sd = (float(y.mean()) if has_intercept else 0.0), float(y.std()) or 1.0
@@ -330,3 +336,42 @@ def fit_lmm(y, X, terms: list[str], random: dict[str, np.ndarray]) -> LmmFit:
     return LmmFit(terms=list(terms), beta=beta, vcov=vcov, df=df, random=names, theta=theta,
                   sigma=float(varpar[-1]), reml_criterion=float(reml(varpar)), n=len(y),
                   boundary=boundary, converged=converged, notes=notes)
+
+
+def _codes(random: dict) -> list[np.ndarray]:
+    import pandas as pd
+
+    return [pd.factorize(np.asarray(v))[0].astype(np.int64) for v in random.values()]
+
+
+def likelihood_ratio_tests(y, X, columns: dict[str, list[int]], random: dict[str, np.ndarray]
+                           ) -> list[dict]:
+    """Likelihood-ratio test of each term no other term contains (lme4's anova of ML refits).
+
+    `columns`: term name -> its column indices in X. Both models are refitted by maximum
+    likelihood (REML criteria of different fixed effects do not compare); chi-square with
+    the term's column count as df.
+    """
+    from scipy import stats
+
+    y = np.asarray(y, float)
+    X = np.asarray(X, float)
+    ys = (y - y.mean()) / (y.std() or 1.0)  # a shift and scale common to both models
+    codes = _codes(random)
+
+    def ml(cols):
+        model = _Crossed(ys, X[:, cols], codes)
+        theta, _ = _minimise(model.profiled_ml, np.ones(len(codes)))
+        return model.profiled_ml(theta)
+
+    everything = sorted(i for c in columns.values() for i in c)
+    full = ml(everything)
+    out = []
+    for term, cols in columns.items():
+        parts = set(term.split(":"))
+        if term == "Intercept" or any(parts < set(t.split(":")) for t in columns if t != term):
+            continue
+        chisq = max(ml([i for i in everything if i not in cols]) - full, 0.0)
+        out.append({"term": term, "chisq": float(chisq), "df": len(cols),
+                    "p_value": float(stats.chi2.sf(chisq, len(cols)))})
+    return out

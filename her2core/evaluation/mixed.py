@@ -100,12 +100,13 @@ def formula_for(df, metric: str) -> tuple[str, dict, list[str]]:
     return f"{metric} ~ {rhs}", random, notes
 
 
-def design(df, rhs: str) -> tuple[np.ndarray, list[str], list[str]]:
+def design(df, rhs: str) -> tuple[np.ndarray, list[str], list[str], dict[str, list[int]]]:
     """Treatment-coded fixed-effect matrix (R's default: first level, sorted, as reference).
 
     The factors are categorical, so patsy codes the distinct cells only and rows take their
     cell's row (patsy's per-element loop would dominate at 100k rows). Columns that are
-    linear combinations of earlier ones are dropped, as lme4 does.
+    linear combinations of earlier ones are dropped, as lme4 does. Also returns each formula
+    term's columns (for the likelihood-ratio tests).
     """
     import pandas as pd
     import patsy
@@ -124,7 +125,12 @@ def design(df, rhs: str) -> tuple[np.ndarray, list[str], list[str]]:
             keep.append(j)
         else:
             dropped.append(str(Xc.columns[j]))
-    return Xc.to_numpy()[cell][:, keep], [str(Xc.columns[j]) for j in keep], dropped
+    term_of = {j: name for name, sl in Xc.design_info.term_name_slices.items()
+               for j in range(Xc.shape[1])[sl]}
+    columns: dict[str, list[int]] = {}
+    for i, j in enumerate(keep):
+        columns.setdefault(term_of[j], []).append(i)
+    return Xc.to_numpy()[cell][:, keep], [str(Xc.columns[j]) for j in keep], dropped, columns
 
 
 def fit_metric(df, metric: str) -> dict:
@@ -132,19 +138,21 @@ def fit_metric(df, metric: str) -> dict:
     from scipy import stats
 
     formula, random, notes = formula_for(df, metric)
-    X, terms, dropped = design(df, formula.split("~")[1].strip())
+    X, terms, dropped, columns = design(df, formula.split("~")[1].strip())
     if dropped:
         notes.append(f"{metric}: fixed-effect matrix is rank deficient; dropped {', '.join(dropped)}")
     y = df[metric].to_numpy(float)
     if random:
-        from her2core.evaluation.lmm import fit_lmm
+        from her2core.evaluation.lmm import fit_lmm, likelihood_ratio_tests
 
-        fit = fit_lmm(y, X, terms, {k: df[c].to_numpy() for k, c in random.items()})
+        groups = {k: df[c].to_numpy() for k, c in random.items()}
+        fit = fit_lmm(y, X, terms, groups)
         est, se, dof, ci = fit.beta, fit.std_error, fit.df, fit.conf_int()
         variances, converged = fit.variances, fit.converged
         notes += [f"{metric}: {n}" for n in fit.notes]
         extra = {"reml_criterion": fit.reml_criterion, "boundary": fit.boundary,
-                 "theta": [float(t) for t in fit.theta]}
+                 "theta": [float(t) for t in fit.theta],
+                 "likelihood_ratio_tests": likelihood_ratio_tests(y, X, columns, groups)}
     else:
         import statsmodels.api as sm
 

@@ -221,6 +221,12 @@ def add_comparison(rep: Report, compare_dir) -> None:
     sec.text(f"df: Satterthwaite denominator degrees of freedom (as lmerTest); p from the t "
              f"distribution; * p ≤ {SIGNIFICANT_P:g}. Images are the tiles of a test set, "
              "crossed with models, frameworks and training datasets.", note=True)
+    lrt = [{"metric": m, **t} for m, f in summary.get("fits", {}).items()
+           for t in f.get("likelihood_ratio_tests", [])]
+    if lrt:
+        sec.text("Likelihood-ratio test of each term no other term contains (ML refits with and "
+                 "without it, chi-square):", note=True)
+        sec.table(lrt)
     sec.table(pd.read_csv(compare_dir / "random_effects.csv"))
     for n in summary.get("notes", []):
         sec.text(n, note=True)

@@ -29,13 +29,17 @@ fit <- lmer(as.formula(spec$formula), data = d, REML = TRUE, control = ctrl)
 co <- summary(fit)$coefficients
 t1 <- proc.time()[["elapsed"]]
 vc <- as.data.frame(VarCorr(fit))
+lrt <- lapply(spec$lrt_terms, function(term) {  # ML refits, as lme4's anova(m0, m1)
+  a <- suppressMessages(anova(update(fit, as.formula(paste(". ~ . -", term))), fit))
+  list(term = term, chisq = a$Chisq[2], df = a$Df[2], p_value = a[["Pr(>Chisq)"]][2])
+})
 out <- list(terms = rownames(co), estimate = unname(co[, "Estimate"]),
             std_error = unname(co[, "Std. Error"]), df = unname(co[, "df"]),
             p_value = unname(co[, "Pr(>|t|)"]),
             variances = setNames(as.list(vc$vcov), ifelse(vc$grp == "Residual", "residual", vc$grp)),
             theta = unname(getME(fit, "theta")), sigma = sigma(fit),
             reml_criterion = unname(REMLcrit(fit)), singular = isSingular(fit),
-            seconds = t1 - t0, lme4 = as.character(packageVersion("lme4")),
+            lrt = lrt, seconds = t1 - t0, lme4 = as.character(packageVersion("lme4")),
             lmerTest = as.character(packageVersion("lmerTest")))
 writeLines(toJSON(out, digits = NA, auto_unbox = TRUE), a[3])
 """
@@ -53,7 +57,7 @@ def unavailable() -> str | None:
 
 
 def fit_lme4(df, formula: str, levels: dict[str, list[str]], *, measure_memory: bool = False,
-             tight: bool = False) -> dict:
+             tight: bool = False, lrt_terms: tuple[str, ...] = ()) -> dict:
     """lmer(formula, REML = TRUE) + lmerTest's Satterthwaite summary of `df` (a DataFrame).
 
     `formula` in R syntax, e.g. "ssim ~ framework * dataset + (1|model) + (1|image)";
@@ -62,6 +66,7 @@ def fit_lme4(df, formula: str, levels: dict[str, list[str]], *, measure_memory: 
     (`seconds`) and, with `measure_memory`, R's peak resident memory (`peak_rss_mb`).
     `tight`: bobyqa run to rhoend 1e-12 instead of lme4's default stopping rule, to see the
     optimum itself (the default stops up to ~1e-6 relative away on small coefficients).
+    `lrt_terms`: terms to test by likelihood ratio (ML refits without each), after the timing.
     """
     response = formula.split("~")[0].strip()
     with tempfile.TemporaryDirectory(prefix="her2_lme4_") as tmp:
@@ -72,6 +77,7 @@ def fit_lme4(df, formula: str, levels: dict[str, list[str]], *, measure_memory: 
         (tmp / "fit.R").write_text(_SCRIPT)
         (tmp / "spec.json").write_text(json.dumps({
             "formula": formula, "response": response, "tight": tight,
+            "lrt_terms": list(lrt_terms),
             "levels": {k: list(map(str, v)) for k, v in levels.items()}}))
         cmd = ["Rscript", str(tmp / "fit.R"), str(tmp / "data.csv"), str(tmp / "spec.json"),
                str(tmp / "out.json")]
