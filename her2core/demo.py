@@ -52,7 +52,7 @@ class DemoConfig:
     set_metric_runs: tuple = ("p2p_same", "p2p_consecutive")
 
     @classmethod
-    def quick(cls) -> "DemoConfig":
+    def quick(cls) -> DemoConfig:
         return cls(cases=6, slide_px=2048, gan_steps=300, dm_steps=100, dm_sample_steps=2,
                    real_region_px=512, synthetic_region_px=1024, set_metric_runs=())
 
@@ -290,7 +290,7 @@ class Demo:
         p_paired = float(wilcoxon(diff).pvalue) if len(diff) > 5 and np.any(diff != 0) else float("nan")
         effect = _dataset_effect(self.out / "compare" / "mixed_effects.csv")
         finding = {
-            "n_test_tiles": int(len(merged)),
+            "n_test_tiles": len(merged),
             "ssim_same_trained": float(merged["ssim_same"].mean()),
             "ssim_consecutive_trained": float(merged["ssim_consecutive"].mean()),
             "ssim_difference": float(diff.mean()),
@@ -365,17 +365,6 @@ def _dataset_effect(csv_path: Path) -> dict | None:
     return {k: (float(v) if isinstance(v, (int, float, np.floating)) else v) for k, v in r.items()}
 
 
-def mixed_effect_line(comparison: dict | None, eff: dict) -> str:
-    """The key finding's mixed-model line: the dataset term's Satterthwaite t test, images crossed."""
-    fit = (comparison or {}).get("fits", {}).get("ssim", {})
-    lv = fit.get("levels", {})
-    nan = float("nan")
-    return (f"  mixed model {fit.get('formula', 'ssim ~ ...')}, images crossed "
-            f"({lv.get('image')} test tiles x {lv.get('model')} models): {eff.get('term')} "
-            f"{eff.get('estimate', nan):+.4f}, Satterthwaite t({eff.get('df', nan):.1f}) = "
-            f"{eff.get('t_value', nan):.2f}, p = {eff.get('p_value', nan):.2g}")
-
-
 def run_demo(out, *, quick: bool = False, seed: int = 0, log=print) -> Path:
     cfg = DemoConfig.quick() if quick else DemoConfig()
     cfg.seed = seed
@@ -389,7 +378,9 @@ def run_demo(out, *, quick: bool = False, seed: int = 0, log=print) -> Path:
         f"tiles, paired Wilcoxon p = {f['paired_wilcoxon_p']:.2g})")
     eff = f["mixed_effects_dataset_term"]
     if eff:
-        log(mixed_effect_line(getattr(demo, "comparison", None), eff))
+        from her2core.evaluation.mixed import term_line
+
+        log("  " + term_line(getattr(demo, "comparison", None), eff))
     if not f["ssim_difference"] > 0:
         raise DemoFindingFailed(
             f"same-section training did NOT beat consecutive-section training in SSIM "

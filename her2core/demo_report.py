@@ -53,9 +53,10 @@ def build_demo_report(demo) -> Path:
         f"model wins on {f['wins_same']} of {f['n_test_tiles']} tiles (paired Wilcoxon p = "
         f"{f['paired_wilcoxon_p']:.2g}).")
     if eff:
-        s.text(f"Mixed-effects model ssim ~ framework * dataset + (1|model) + (1|image): term "
-               f"{eff.get('term')} estimate {eff.get('estimate'):+.4f}, SE {eff.get('std_error', eff.get('se', float('nan'))):.4f}, "
-               f"p = {eff.get('p_value', eff.get('p', float('nan'))):.2g}.")
+        from her2core.evaluation.mixed import term_line
+
+        line = term_line(getattr(demo, "comparison", None), eff)
+        s.text(f"{line[0].upper()}{line[1:]} (SE {eff.get('std_error', float('nan')):.4f}).")
 
     s = rep.section("Registration review")
     rows = []

@@ -119,12 +119,13 @@ def test_second_seed_recovers_too(tmp_path, seed):
 
 
 def test_demo_key_finding_line_reports_satterthwaite_with_images_crossed(tmp_path):
-    from her2core.demo import _dataset_effect, mixed_effect_line
+    from her2core.demo import _dataset_effect
+    from her2core.evaluation.mixed import term_line
 
     s = compare(_simulate(tmp_path / "evals", n_img=30), tmp_path / "cmp", metrics=("ssim",),
                 figures=False)
     eff = _dataset_effect(tmp_path / "cmp" / "mixed_effects.csv")
-    line = mixed_effect_line(s, eff)
+    line = term_line(s, eff)
     row = pd.read_csv(tmp_path / "cmp" / "mixed_effects.csv").set_index("term").loc[eff["term"]]
     assert "(1|image)" in line and "images crossed (30 test tiles x 16 models)" in line
     assert f"Satterthwaite t({row.df:.1f}) = {row.t_value:.2f}, p = {row.p_value:.2g}" in line

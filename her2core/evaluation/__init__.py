@@ -2,8 +2,8 @@
 
 Modules: `pixel` (psnr, ssim, ssim_gaussian, ms_ssim; batched), `perceptual` (LPIPS),
 `distribution` (FID, KID), `pathology` (DAB metrics, HER2 proxy), `pairs` (folder
-pairing and checks), `evaluate` (per_image.csv + set_metrics.json), `mixed`
-(MixedLM), `figures`, `report` (HTML builder). Imports are lazy.
+pairing and checks), `evaluate` (per_image.csv + set_metrics.json), `mixed` + `lmm`
+(crossed random intercepts by REML, Satterthwaite t tests as lmerTest), `figures`, `report` (HTML builder). Imports are lazy.
 """
 
 from __future__ import annotations

@@ -233,3 +233,14 @@ def compare(eval_dirs, out_dir, metrics=METRICS, figures: bool = True) -> dict:
     }
     write_json(out_dir / "compare.json", summary)
     return summary
+
+
+def term_line(comparison: dict | None, eff: dict, metric: str = "ssim") -> str:
+    """One fixed-effect term of a `compare` result in words: its Satterthwaite t test, images crossed."""
+    fit = (comparison or {}).get("fits", {}).get(metric, {})
+    lv = fit.get("levels", {})
+    nan = float("nan")
+    return (f"mixed model {fit.get('formula', metric + ' ~ ...')}, images crossed "
+            f"({lv.get('image')} test tiles x {lv.get('model')} models): {eff.get('term')} "
+            f"{eff.get('estimate', nan):+.4f}, Satterthwaite t({eff.get('df', nan):.1f}) = "
+            f"{eff.get('t_value', nan):.2f}, p = {eff.get('p_value', nan):.2g}")
