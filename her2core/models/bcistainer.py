@@ -10,7 +10,13 @@ feature loss between fake and real.
 Losses: 10·L1 + 10·L1(low-res vs bilinear-downsized target) + 1·(1−SSIM) + 1·LSGAN
 (D targets smoothed by U(0, 0.1)) + 5·focal(level) + 1·(1−cos) comparator (from start_cmp).
 AdamW 1e-3 β(0.5, 0.9) wd 0.05, per-iteration 50-epoch warm-up + cosine to 0, 150 epochs,
-batch 8 at full size, EMA of G (β 0.99 after 100 steps, every 10) used for inference.
+batch 8 at full size, EMA of G (ema_pytorch 0.0.10: β 0.99 after 100 steps, every step, power
+1.0, BatchNorm statistics averaged; libs/utils/base.py:70-77) used for inference, and the EMA
+generator of the best validation PSNR kept (`select`; libs/train_basic/trainer.py:24-36).
+Initialisation: N(0, 0.02) for every conv/linear weight, the 18 modulated convolutions
+included through their equalised weight (libs/models/utils.py init_weights reaches
+`EqualizedWeight.data`), so their effective weight is N(0, 0.02)/sqrt(fan_in).
+HER2 scores are required (classifier and comparator); a dataset without any is refused.
 
 Where we deliberately differ from the reference:
 - augmentation is the dihedral group (flips, rot90 — transposes included) of the engine; the
@@ -72,7 +78,10 @@ class BCIStainerConfig:
     start_cmp: float = 50
     ema_beta: float = 0.99
     ema_after: int = 100
-    ema_every: int = 10
+    ema_every: int = 1
+    ema_power: float = 1.0
+    select: str | None = "val_psnr"  # keep the EMA generator of the best validation PSNR; None: the last
+    validate_every: float = 1.0  # epochs between validations (upstream: every epoch)
     batch_size: int = 8
     crop: int | None = None
     augment: str = "hflip+vflip+rot90"
@@ -143,7 +152,7 @@ class BCIStainer(Framework):
             "tiny": BCIStainerConfig(full_size=128, init_channels=8, encoder1_blocks=2, style_blocks=3,
                                      d_channels=16, c_channels=8, c_max_channels=64, lr=2e-3, c_lr=1e-3,
                                      epochs=6, warmup_epochs=0.5, start_cmp=2, ema_after=20, ema_every=1,
-                                     ema_beta=0.95, batch_size=4, crop=64),
+                                     ema_beta=0.95, ema_power=2 / 3, select=None, batch_size=4, crop=64),
         }
 
     def __init__(self, config: BCIStainerConfig):
@@ -156,7 +165,11 @@ class BCIStainer(Framework):
                               "normal", c.init_gain)
         self.C = init_weights(Comparator(c.full_size, c.c_channels, c.c_max_channels, c.levels, c.norm,
                                          c.dropout), "normal", c.init_gain)
-        self.G_ema = EMA(self.G, beta=c.ema_beta, update_after_step=c.ema_after, update_every=c.ema_every)
+        self.G_ema = EMA(self.G, beta=c.ema_beta, update_after_step=c.ema_after, update_every=c.ema_every,
+                         power=c.ema_power)
+
+    def needs_scores(self) -> bool:
+        return self.config.w_cls > 0 or self.config.w_cmp > 0
 
     def networks(self):
         return {"G": self.G, "D": self.D, "C": self.C}

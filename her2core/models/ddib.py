@@ -22,7 +22,14 @@ import torch
 from torch import nn
 
 from her2core.models.base import Framework, StepContext
-from her2core.models.diffusion.common import ema_update, eval_mode, frozen_copy, in_chunks
+from her2core.models.diffusion.common import (
+    ema_update,
+    eval_mode,
+    frozen_copy,
+    in_chunks,
+    input_defaults,
+    resized,
+)
 from her2core.models.diffusion.ddim import GaussianDiffusion
 from her2core.models.diffusion.unet import UNet, UNetConfig
 
@@ -50,10 +57,13 @@ class DDIBConfig:
     lr: float = 1e-4
     weight_decay: float = 0.0
     ema_rate: float = 0.9999
-    # data (engine defaults): guided-diffusion trains on whole images with random horizontal flips
-    # and has no epoch count (it runs until stopped); 100 epochs is our default, not the reference's.
+    # data (engine defaults): guided-diffusion trains on whole images resized to image_size
+    # (image_datasets.py center_crop_arr) with random horizontal flips and has no epoch count (it
+    # runs until stopped); 100 epochs is our default, not the reference's.
     batch_size: int = 8
-    crop: int | None = 256
+    input: str = "resize"  # "resize": whole tile <-> image_size (reference); "native": crops of `crop` px
+    image_size: int = 256
+    crop: int | None = 256  # used by input "native" only
     augment: str = "hflip"
     epochs: float = 100
 
@@ -71,7 +81,7 @@ class DDIB(Framework):
                 unet=UNetConfig(in_channels=3, out_channels=3, model_channels=16, channel_mult=(1, 2, 4),
                                 num_res_blocks=1, attention_ds=(4,), num_heads=2, use_scale_shift_norm=True,
                                 norm_groups=8),
-                encode_steps=50, decode_steps=50, lr=1e-3, ema_rate=0.95, batch_size=8, crop=None, epochs=50),
+                encode_steps=50, decode_steps=50, lr=1e-3, ema_rate=0.95, batch_size=8, crop=None, input="native", epochs=50),
         }
 
     def __init__(self, config: DDIBConfig):
@@ -85,6 +95,9 @@ class DDIB(Framework):
         self.ema_he = frozen_copy(self.unet_he)
         self.ema_ihc = frozen_copy(self.unet_ihc)
         self.diffusion = GaussianDiffusion(config.num_timesteps)
+
+    def training_defaults(self):
+        return {**super().training_defaults(), **input_defaults(self.config)}
 
     def networks(self) -> dict[str, nn.Module]:
         return {"unet_he": self.unet_he, "unet_ihc": self.unet_ihc}
@@ -150,7 +163,7 @@ class DDIB(Framework):
             z = self.encode(x, stain="he", steps=steps)
             return self.decode(z, stain="ihc", steps=steps)
 
-        return in_chunks(run, he.float(), self.config.sample_batch, multiple)
+        return resized(lambda x: in_chunks(run, x, self.config.sample_batch, multiple), he.float(), self.config)
 
     @classmethod
     def combine(cls, he_run, ihc_run) -> DDIB:
