@@ -15,6 +15,10 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import nn
 
+#: The engine setting every recipe table lists (not a framework config field).
+PRECISION_NOTE = ("engine --precision, recorded in run.json: auto = bf16 on CUDA, fp32 elsewhere; "
+                  "pass the reference's value to match it")
+
 
 class StepContext(Protocol):
     """What the engine hands a framework for one optimisation step."""
@@ -61,6 +65,12 @@ class Framework(nn.Module, abc.ABC):
         if name not in presets:
             raise UserError(f"{cls.name}: unknown preset '{name}'; choose one of {', '.join(presets)}")
         return presets[name]
+
+    @classmethod
+    def reference_recipe(cls) -> dict[str, tuple]:
+        """{setting: (reference value, source "repo:path:line", note)} for every field of the `paper`
+        config; the note says why ours differs ("" when it does not). Printed by `her2 models --recipe`."""
+        return dict(getattr(cls, "REFERENCE", {}))
 
     @abc.abstractmethod
     def networks(self) -> dict[str, nn.Module]:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from her2core.models.base import Framework, StepContext
+from her2core.models.base import PRECISION_NOTE, Framework, StepContext
 from her2core.models.diffusion.bridge import BrownianBridge
 from her2core.models.diffusion.common import (
     PlateauOnLoss,
@@ -47,6 +47,44 @@ def _paper_unet() -> UNetConfig:
                       num_res_blocks=2, attention_ds=(32, 16, 8), num_heads=8, num_head_channels=64,
                       use_scale_shift_norm=True, resblock_updown=True)
 
+
+
+_BB = "xuekt98/BBDM:"
+_TPL = _BB + "configs/Template-BBDM.yaml:"
+#: The reference value and its source for every `paper` setting (see Framework.reference_recipe).
+REFERENCE = {
+    "precision": ("fp32", _BB + "runners/BaseRunner.py (no autocast)", PRECISION_NOTE),
+    "unet": ("UNetParams (pixel)", _TPL + "81-103", "parameter count pinned in reference/param_counts.md"),
+    "num_timesteps": (1000, _TPL + "77", ""),
+    "max_var": (1.0, _TPL + "79", ""),
+    "objective": ("grad", _TPL + "70", ""),
+    "loss": ("l1", _TPL + "71", ""),
+    "sample_steps": (200, _TPL + "75 (skip_sample, linear)", ""),
+    "eta": (1.0, _TPL + "78", ""),
+    "clip_denoised": (True, _TPL + "12", ""),
+    "sample_batch": (8, _TPL + "31 (test batch)", "memory only; outputs do not depend on it"),
+    "lr": (1e-4, _TPL + "58", ""),
+    "betas": ((0.9, 0.999), _TPL + "59; runners/utils.py:50-51", ""),
+    "weight_decay": (0.0, _TPL + "56", ""),
+    "plateau_factor": (0.5, _TPL + "62", ""),
+    "plateau_patience": (3000, _TPL + "63", ""),
+    "plateau_cooldown": (3000, _TPL + "65", ""),
+    "plateau_min_lr": (5e-7, _TPL + "66", ""),
+    "plateau_threshold": (1e-4, _TPL + "64", ""),
+    "use_ema": (True, _TPL + "44", ""),
+    "ema_decay": (0.995, _TPL + "45", ""),
+    "ema_every": (8, _TPL + "46; runners/BaseRunner.py:422 (x accumulate micro-batches)", ""),
+    "ema_start": (30000, _TPL + "47; runners/BaseRunner.py:174 (global step = micro-batches)", ""),
+    "init": ("reference", _BB + "runners/utils.py:35-45, DiffusionBasedModelRunners/BBDMRunner.py:28", ""),
+    "batch_size": (8, _TPL + "25", ""),
+    "accumulate": (2, _TPL + "9", ""),
+    "accumulate_reduction": ("sum", _BB + "runners/BaseRunner.py:411-415 (loss not divided)", ""),
+    "input": ("resize", _BB + "datasets/base.py:28 (transforms.Resize(image_size))", ""),
+    "image_size": (256, _TPL + "20", ""),
+    "crop": (256, _BB + "datasets/custom.py (no crop)", "used only by input 'native'"),
+    "augment": ("none", _TPL + "23 (flip False)", ""),
+    "epochs": (200, _TPL + "4 (n_steps 400000 caps it)", ""),
+}
 
 @dataclass
 class BBDMConfig:
@@ -98,6 +136,7 @@ def reference_weights_init(net: nn.Module) -> nn.Module:
 
 class BBDM(Framework):
     name = "bbdm"
+    REFERENCE = REFERENCE
     family = "dm"
     config_class = BBDMConfig
 

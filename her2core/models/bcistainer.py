@@ -37,12 +37,61 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from her2core.models.base import Framework
+from her2core.models.base import PRECISION_NOTE, Framework
 from her2core.models.gan_blocks.init import init_weights
 from her2core.models.gan_blocks.losses import focal_loss, gan_loss, ssim_loss
 from her2core.models.gan_blocks.patchgan import ConvNormAct, MultiscaleDiscriminator
 from her2core.models.gan_blocks.stylemod import ResnetModBlock
 
+_BS = "quqixun/BCIStainer:"
+_EXP = _BS + "configs/stainer_basic_cmp/exp3.yaml:"
+#: The reference value and its source for every `paper` setting (see Framework.reference_recipe).
+REFERENCE = {
+    "precision": ("fp32", _BS + "libs/train_basic/trainer.py (no autocast)", PRECISION_NOTE),
+    "full_size": (1024, _EXP + "17", ""),
+    "init_channels": (32, _EXP + "20", ""),
+    "levels": (4, _EXP + "21", ""),
+    "encoder1_blocks": (3, _EXP + "22", ""),
+    "style_blocks": (9, _EXP + "25 (style_type mod, linear)", ""),
+    "norm": ("batch", _EXP + "26, 40, 54", ""),
+    "dropout": (0.2, _EXP + "27, 55", ""),
+    "attention": (True, _EXP + "29 (SimAM)", "SimAM placed at the end of each modulated block"),
+    "d_channels": (32, _EXP + "38", ""),
+    "d_layers": (3, _EXP + "39", ""),
+    "d_depths": (2, _EXP + "41", ""),
+    "c_channels": (32, _EXP + "51", ""),
+    "c_max_channels": (256, _EXP + "52", ""),
+    "w_rec": (10.0, _EXP + "66 (mae)", ""),
+    "low_weight": (1.0, _EXP + "93", ""),
+    "w_sim": (1.0, _EXP + "69 (ssim)", ""),
+    "w_gan": (1.0, _EXP + "72 (lsgan)", ""),
+    "w_cls": (5.0, _EXP + "63 (focal)", ""),
+    "w_cmp": (1.0, _EXP + "75 (csim)", ""),
+    "focal_alpha": ((0.5, 0.2, 0.2, 0.1), _BS + "libs/utils/losses.py:160", ""),
+    "focal_gamma": (2.0, _BS + "libs/utils/losses.py:160", ""),
+    "label_smooth": (0.1, _BS + "libs/utils/losses.py:104 (U(0, 0.1))", ""),
+    "lr": (1e-3, _EXP + "80", ""),
+    "betas": ((0.5, 0.9), _EXP + "81", ""),
+    "weight_decay": (0.05, _EXP + "82", ""),
+    "c_lr": (1e-4, _BS + "libs/utils/base.py:114", ""),
+    "c_betas": ((0.9, 0.99), _BS + "libs/utils/base.py:114", ""),
+    "epochs": (150, _EXP + "89", ""),
+    "warmup_epochs": (50, _EXP + "86", ""),
+    "start_cmp": (50, _EXP + "95", ""),
+    "ema_beta": (0.99, _BS + "libs/utils/base.py:73", ""),
+    "ema_after": (100, _BS + "libs/utils/base.py:74", ""),
+    "ema_every": (1, _BS + "libs/utils/base.py:75", ""),
+    "ema_power": (1.0, _BS + "libs/utils/base.py:76", ""),
+    "select": ("val_psnr", _BS + "libs/train_basic/trainer.py:24-36 (best EMA PSNR each epoch)", ""),
+    "validate_every": (1.0, _BS + "libs/train_basic/trainer.py:21-26", ""),
+    "batch_size": (8, _EXP + "9", ""),
+    "crop": (None, _BS + "libs/train_basic/dataset.py:37 (whole 1024 tile)",
+             "RandomResizedCrop (p 0.2) is not reproduced"),
+    "augment": ("flip+transpose+rot90 (+ resized crop, grid/elastic/optical distortion)",
+                _BS + "libs/train_basic/dataset.py:34-44",
+                "the dihedral group only; the crop and distortions are not reproduced"),
+    "init_gain": (0.02, _EXP + "32, 44, 58 (normal, modulated convs included)", ""),
+}
 
 @dataclass
 class BCIStainerConfig:
@@ -141,6 +190,7 @@ class StainerGenerator(nn.Module):
 
 class BCIStainer(Framework):
     name = "bcistainer"
+    REFERENCE = REFERENCE
     family = "gan"
     config_class = BCIStainerConfig
 

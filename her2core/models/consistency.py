@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from her2core.models.base import Framework, StepContext
+from her2core.models.base import PRECISION_NOTE, Framework, StepContext
 from her2core.models.diffusion import karras
 from her2core.models.diffusion.common import (
     ema_update,
@@ -72,6 +72,43 @@ def _paper_unet() -> UNetConfig:
                       num_res_blocks=2, attention_ds=(8, 16, 32), num_heads=4, num_head_channels=64,
                       use_scale_shift_norm=False, resblock_updown=True, dropout=0.0)
 
+
+
+_CM = "openai/consistency_models:"
+_CT = _CM + "scripts/launch.sh:41 (CT LSUN-256) "
+#: The reference value and its source for every `paper` setting (see Framework.reference_recipe).
+REFERENCE = {
+    "precision": ("fp16", _CT + "--use_fp16 True", PRECISION_NOTE),
+    "unet": ("LSUN-256 flags, 6 input channels", _CT, "conditioning (H&E concatenated) is ours; "
+             "parameter count pinned in reference/param_counts.md"),
+    "karras": ("sigma_min 0.002, sigma_max 80, rho 7, sigma_data 0.5", _CM + "cm/karras_diffusion.py:36-40", ""),
+    "start_scales": (2, _CT + "--start_scales 2", ""),
+    "end_scales": (150, _CT + "--end_scales 150", ""),
+    "start_ema": (0.95, _CT + "--start_ema 0.95 (target_ema_mode adaptive)", ""),
+    "schedule": ("reference", _CT + "--total_training_steps 1000000",
+                 "'run': N(k) and the EMA window scaled to this run's length ('reference' available)"),
+    "ct_total_steps": (1_000_000, _CT + "--total_training_steps 1000000", "None: from `schedule`"),
+    "loss": ("lpips", _CT + "--loss_norm lpips; cm/karras_diffusion.py:52",
+             "L2 when the VGG-16 weights are not on this machine (recorded in run.json)"),
+    "lpips_weights": (None, _CM + "cm/karras_diffusion.py:52 (piq downloads them)", "a local file only"),
+    "optimizer": ("radam", _CM + "cm/train_util.py:82", ""),
+    "lr": (5e-5, _CT + "--lr 0.00005", ""),
+    "weight_decay": (0.0, _CT + "--weight_decay 0.0", ""),
+    "ema_rate": (0.9999432189950708, _CT + "--ema_rate 0.9999,0.99994,0.9999432189950708",
+                 "None: the same window as a fraction of the run (one shadow instead of three)"),
+    "sample_steps": (1, _CM + "scripts/launch.sh:51 (onestep)", ""),
+    "sample_grid": (151, _CM + "scripts/launch.sh:89 (--steps 151)", ""),
+    "sample_ts": ((0, 67, 150), _CM + "scripts/launch.sh:89 (--ts 0,67,150)", ""),
+    "sample_batch": (32, _CM + "scripts/launch.sh:89 (--batch_size 32)", "memory only"),
+    "distill_from": (None, _CM + "cm_train.py (CD needs an EDM teacher)", "optional, ours"),
+    "teacher_steps": (None, _CM + "cm_train.py", "optional, ours"),
+    "batch_size": (256, _CT + "--global_batch_size 256", ""),
+    "input": ("resize", _CM + "cm/image_datasets.py:126-137 (center_crop_arr at image_size)", ""),
+    "image_size": (256, _CT + "--image_size 256", ""),
+    "crop": (None, _CM + "cm/image_datasets.py (no crop of the resized image)", "used only by input 'native'"),
+    "augment": ("hflip", _CM + "cm/image_datasets.py:115 (random_flip)", ""),
+    "epochs": (None, _CT + "counts steps, not epochs", "100 epochs is ours; the schedule follows the run"),
+}
 
 @dataclass
 class ConsistencyConfig:
@@ -113,6 +150,7 @@ class ConsistencyConfig:
 
 class ConsistencyModel(Framework):
     name = "consistency"
+    REFERENCE = REFERENCE
     family = "dm"
     config_class = ConsistencyConfig
 

@@ -5,8 +5,10 @@ Faithful to suxuann/ddib (reference notes §3.4): guided-diffusion UNets
 and 32, 4 heads, scale-shift norm), epsilon prediction with MSE over 1000 linear-beta
 steps, AdamW lr 1e-4 (wd 0), EMA 0.9999. Translation: DDIM reverse ODE with the H&E model
 (eta 0, no clipping) to x_T, then deterministic DDIM with the HER2 model (clipping), both
-over a respaced step count (`ddimN`). Deliberate difference: the encode stops at the level the
-decode starts from instead of going on to alphā = 0 (`encode_to_zero`; see `ddim_encode`).
+over a respaced step count (`ddimN`). The encode runs on to alphā = 0 as upstream
+(`encode_to_zero`, the `paper` default); `encode_to_zero: false` stops it at the level the
+decode starts from, which an imperfect model reconstructs much better (see `ddim_encode`).
+Tiles are resized to `image_size` (the whole tile, as guided-diffusion's loader) and back.
 
 Pairs are never used: each model learns its own stain, so the two can be trained from
 unpaired folders. `domains` selects which model(s) a run trains; a batch missing a stain
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from her2core.models.base import Framework, StepContext
+from her2core.models.base import PRECISION_NOTE, Framework, StepContext
 from her2core.models.diffusion.common import (
     ema_update,
     eval_mode,
@@ -42,6 +44,34 @@ def _paper_unet() -> UNetConfig:
                       use_scale_shift_norm=True, resblock_updown=False)
 
 
+
+_GD = "suxuann/ddib:guided_diffusion/"
+#: The reference value and its source for every `paper` setting (see Framework.reference_recipe).
+REFERENCE = {
+    "precision": ("fp32", _GD + "script_util.py:64 (use_fp16 False)", PRECISION_NOTE),
+    "unet": ("model_and_diffusion_defaults() at 256 px", _GD + "script_util.py:48-66",
+             "parameter count pinned in reference/param_counts.md"),
+    "num_timesteps": (1000, _GD + "script_util.py:18 (noise_schedule linear)", ""),
+    "domains": (("he", "ihc"), "suxuann/ddib:scripts/imagenet_translation.py:120-145 (source, target model)", ""),
+    "encode_steps": (None, _GD + "script_util.py:20 (timestep_respacing '' = all 1000)",
+                     "250 respaced DDIM steps (upstream's --timestep_respacing ddim250)"),
+    "decode_steps": (None, _GD + "script_util.py:20 (timestep_respacing '' = all 1000)",
+                     "250 respaced DDIM steps (upstream's --timestep_respacing ddim250)"),
+    "encode_to_zero": (True, _GD + "gaussian_diffusion.py ddim_reverse_sample_loop (all respaced steps)",
+                       "False (tiny): the encode stops where the decode starts"),
+    "sample_batch": (None, "suxuann/ddib:scripts/imagenet_translation.py", "memory only"),
+    "lr": (1e-4, "suxuann/ddib:scripts/synthetic_train.py:59", ""),
+    "weight_decay": (0.0, "suxuann/ddib:scripts/synthetic_train.py:60", ""),
+    "ema_rate": (0.9999, "suxuann/ddib:scripts/synthetic_train.py:64", ""),
+    "batch_size": (None, "suxuann/ddib (no image training script)",
+                   "no reference value for images; 8 is ours"),
+    "input": ("resize", _GD + "image_datasets.py center_crop_arr (whole image at image_size)", ""),
+    "image_size": (256, "reference/param_counts.md (256 px configuration)", ""),
+    "crop": (None, _GD + "image_datasets.py (no crop of the resized image)", "used only by input 'native'"),
+    "augment": ("hflip", _GD + "image_datasets.py:20 (random_flip True)", ""),
+    "epochs": (None, _GD + "train_util.py (runs until stopped)", "no reference length; 100 epochs is ours"),
+}
+
 @dataclass
 class DDIBConfig:
     unet: UNetConfig = field(default_factory=_paper_unet)
@@ -50,9 +80,9 @@ class DDIBConfig:
     # respaced DDIM steps for encoding (H&E model) and decoding (HER2 model); `steps=` overrides both
     encode_steps: int = 250
     decode_steps: int = 250
-    # False: stop the encode at the level the decode starts from (see GaussianDiffusion.ddim_encode);
-    # True: upstream's last step to alphā = 0
-    encode_to_zero: bool = False
+    # True: upstream's last step to alphā = 0; False: stop the encode at the level the decode
+    # starts from (see GaussianDiffusion.ddim_encode)
+    encode_to_zero: bool = True
     sample_batch: int = 8
     lr: float = 1e-4
     weight_decay: float = 0.0
@@ -70,6 +100,7 @@ class DDIBConfig:
 
 class DDIB(Framework):
     name = "ddib"
+    REFERENCE = REFERENCE
     family = "dm"
     config_class = DDIBConfig
 
@@ -81,7 +112,7 @@ class DDIB(Framework):
                 unet=UNetConfig(in_channels=3, out_channels=3, model_channels=16, channel_mult=(1, 2, 4),
                                 num_res_blocks=1, attention_ds=(4,), num_heads=2, use_scale_shift_norm=True,
                                 norm_groups=8),
-                encode_steps=50, decode_steps=50, lr=1e-3, ema_rate=0.95, batch_size=8, crop=None, input="native", epochs=50),
+                encode_steps=50, decode_steps=50, encode_to_zero=False, lr=1e-3, ema_rate=0.95, batch_size=8, crop=None, input="native", epochs=50),
         }
 
     def __init__(self, config: DDIBConfig):

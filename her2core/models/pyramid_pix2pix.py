@@ -24,12 +24,38 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from her2core.models.base import Framework
+from her2core.models.base import PRECISION_NOTE, Framework
 from her2core.models.gan_blocks.init import init_weights
 from her2core.models.gan_blocks.losses import gan_loss
 from her2core.models.gan_blocks.patchgan import NLayerDiscriminator
 from her2core.models.gan_blocks.pyramid import blur_pyramid
 from her2core.models.gan_blocks.resnet import ResnetGenerator
+
+_BCI = "bupt-ai-cz/BCI:PyramidPix2pix/"
+#: The reference value and its source for every `paper` setting (see Framework.reference_recipe).
+REFERENCE = {
+    "precision": ("fp32", _BCI + "train.py (no autocast)", PRECISION_NOTE),
+    "ngf": (64, _BCI + "options/base_options.py:31", ""),
+    "ndf": (64, _BCI + "options/base_options.py:32", ""),
+    "n_blocks": (9, _BCI + "options/base_options.py:34 (netG resnet_9blocks)", ""),
+    "n_layers_D": (3, _BCI + "options/base_options.py:35", ""),
+    "norm": ("batch", _BCI + "options/base_options.py:36", ""),
+    "use_dropout": (True, _BCI + "options/base_options.py:39 (no_dropout off)", ""),
+    "gan_mode": ("vanilla", _BCI + "models/pix2pix_model.py:38", ""),
+    "lambda_L1": (25.0, _BCI + "models/pix2pix_model.py:39", ""),
+    "pyramid_weights": ((25.0, 25.0, 25.0), _BCI + "options/train_options.py:48-50", ""),
+    "lr": (2e-4, _BCI + "options/train_options.py:33", ""),
+    "beta1": (0.5, _BCI + "options/train_options.py:32", ""),
+    "beta2": (0.999, _BCI + "models/pix2pix_model.py:117", ""),
+    "n_epochs": (100, _BCI + "options/train_options.py:30", ""),
+    "n_epochs_decay": (100, _BCI + "options/train_options.py:31", ""),
+    "batch_size": (2, _BCI + "options/base_options.py:45", ""),
+    "crop": (None, _BCI + "options/base_options.py:49 (preprocess none: whole tile)", ""),
+    "augment": ("hflip", _BCI + "options/base_options.py:50 (no_flip off)", ""),
+    "init_type": ("normal", _BCI + "options/base_options.py:37", ""),
+    "init_gain": (0.02, _BCI + "options/base_options.py:38", ""),
+    "inference": ("reference", _BCI + "test.py:41, 57-58 (batch 1, model.eval() only with --eval)", ""),
+}
 
 
 @dataclass
@@ -63,6 +89,7 @@ class PyramidPix2PixConfig:
 class PyramidPix2Pix(Framework):
     name = "pyramid_pix2pix"
     family = "gan"
+    REFERENCE = REFERENCE
     config_class = PyramidPix2PixConfig
 
     @classmethod
