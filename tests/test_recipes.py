@@ -193,7 +193,8 @@ def test_bcistainer_refuses_a_dataset_without_scores_and_takes_a_scores_csv(tile
 
     bare = tmp_path / "bare"
     shutil.copytree(tiles, bare)
-    rows = list(csv.DictReader(open(bare / "manifest.csv")))
+    with open(bare / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
     (bare / "manifest.csv").unlink()  # HER2match layout without a manifest: every score unknown
     tc = TrainConfig(max_steps=1, checkpoint_every=10 ** 6, sample_count=0)
     with pytest.raises(UserError, match="none of the .* training pairs has one"):

@@ -79,8 +79,8 @@ _CT = _CM + "scripts/launch.sh:41 (CT LSUN-256) "
 #: The reference value and its source for every `paper` setting (see Framework.reference_recipe).
 REFERENCE = {
     "precision": ("fp16", _CT + "--use_fp16 True", PRECISION_NOTE),
-    "unet": ("LSUN-256 flags, 6 input channels", _CT, "conditioning (H&E concatenated) is ours; "
-             "parameter count pinned in reference/param_counts.md"),
+    "unet": ("LSUN-256 flags, 6 input channels", _CT,
+             ("conditioning (H&E concatenated) is ours; parameter count pinned in reference/param_counts.md")),
     "karras": ("sigma_min 0.002, sigma_max 80, rho 7, sigma_data 0.5", _CM + "cm/karras_diffusion.py:36-40", ""),
     "start_scales": (2, _CT + "--start_scales 2", ""),
     "end_scales": (150, _CT + "--end_scales 150", ""),
