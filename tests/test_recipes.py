@@ -435,3 +435,24 @@ def test_models_recipe_cli_prints_reference_and_source(capsys):
     assert "xuekt98/BBDM:configs/Template-BBDM.yaml:9" in out  # accumulate_grad_batches 2
     assert "scripts/launch.sh:41" in out
     assert math.isfinite(len(out))
+
+
+@pytest.mark.parametrize("name,key,old", [("pyramid_pix2pix", "inference", "eval"), ("bbdm", "input", "native"),
+                                          ("ddib", "input", "native"), ("consistency", "input", "native"),
+                                          ("bcistainer", "select", None)])
+def test_runs_written_before_the_new_settings_keep_their_behaviour(name, key, old):
+    """A run.json without the issue-15 fields is rebuilt as it was trained (native crops, eval mode...)."""
+    from her2core.models import registry
+    from her2core.training.runs import build_framework
+    from her2core.util.configs import replace, to_dict
+
+    cls = registry.get(name)
+    new = replace(cls.preset("tiny"), **{key: cls.preset("paper").__dict__[key]})
+    assert getattr(new, key) != old
+    stored = to_dict(new)
+    for k in cls.LEGACY:
+        stored.pop(k, None)
+    fw = build_framework({"framework": name, "model_config": stored}, "run.json")
+    assert getattr(fw.config, key) == old
+    current = build_framework({"framework": name, "model_config": to_dict(new)}, "run.json")
+    assert getattr(current.config, key) == getattr(new, key)

@@ -27,9 +27,12 @@ def inference_mode_of(run_or_framework) -> str | None:
     """How the framework runs at inference when it has a choice (pyramid pix2pix: 'reference' or
     'eval'), from a built framework or a run folder's run.json; None for frameworks without one."""
     if isinstance(run_or_framework, (str, Path)):
+        from her2core.models import registry
         from her2core.training import read_run
 
-        return read_run(run_or_framework).get("model_config", {}).get("inference")
+        run = read_run(run_or_framework)
+        legacy = registry.get(run["framework"]).LEGACY
+        return run.get("model_config", {}).get("inference", legacy.get("inference"))
     return getattr(run_or_framework, "inference_mode", None)
 
 

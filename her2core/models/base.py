@@ -66,6 +66,10 @@ class Framework(nn.Module, abc.ABC):
             raise UserError(f"{cls.name}: unknown preset '{name}'; choose one of {', '.join(presets)}")
         return presets[name]
 
+    #: {config field: the value runs had before the field existed}; `build_framework` applies them
+    #: to a run.json that lacks any of them, so an older run translates (and resumes) as trained.
+    LEGACY: ClassVar[dict[str, Any]] = {}
+
     @classmethod
     def reference_recipe(cls) -> dict[str, tuple]:
         """{setting: (reference value, source "repo:path:line", note)} for every field of the `paper`

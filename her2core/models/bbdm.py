@@ -51,6 +51,8 @@ def _paper_unet() -> UNetConfig:
 
 _BB = "xuekt98/BBDM:"
 _TPL = _BB + "configs/Template-BBDM.yaml:"
+#: Settings of runs written before these fields existed (see Framework.LEGACY).
+LEGACY = {"init": "unet", "input": "native", "accumulate_reduction": "sum", "accumulate": 1}
 #: The reference value and its source for every `paper` setting (see Framework.reference_recipe).
 REFERENCE = {
     "precision": ("fp32", _BB + "runners/BaseRunner.py (no autocast)", PRECISION_NOTE),
@@ -137,6 +139,7 @@ def reference_weights_init(net: nn.Module) -> nn.Module:
 class BBDM(Framework):
     name = "bbdm"
     REFERENCE = REFERENCE
+    LEGACY = LEGACY
     family = "dm"
     config_class = BBDMConfig
 

@@ -45,6 +45,8 @@ from her2core.models.gan_blocks.stylemod import ResnetModBlock
 
 _BS = "quqixun/BCIStainer:"
 _EXP = _BS + "configs/stainer_basic_cmp/exp3.yaml:"
+#: Settings of runs written before these fields existed (see Framework.LEGACY).
+LEGACY = {"ema_power": 2 / 3, "select": None}
 #: The reference value and its source for every `paper` setting (see Framework.reference_recipe).
 REFERENCE = {
     "precision": ("fp32", _BS + "libs/train_basic/trainer.py (no autocast)", PRECISION_NOTE),
@@ -191,6 +193,7 @@ class StainerGenerator(nn.Module):
 class BCIStainer(Framework):
     name = "bcistainer"
     REFERENCE = REFERENCE
+    LEGACY = LEGACY
     family = "gan"
     config_class = BCIStainerConfig
 

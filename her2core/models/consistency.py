@@ -76,6 +76,8 @@ def _paper_unet() -> UNetConfig:
 
 _CM = "openai/consistency_models:"
 _CT = _CM + "scripts/launch.sh:41 (CT LSUN-256) "
+#: Settings of runs written before these fields existed (see Framework.LEGACY).
+LEGACY = {"input": "native", "schedule": "reference"}
 #: The reference value and its source for every `paper` setting (see Framework.reference_recipe).
 REFERENCE = {
     "precision": ("fp16", _CT + "--use_fp16 True", PRECISION_NOTE),
@@ -151,6 +153,7 @@ class ConsistencyConfig:
 class ConsistencyModel(Framework):
     name = "consistency"
     REFERENCE = REFERENCE
+    LEGACY = LEGACY
     family = "dm"
     config_class = ConsistencyConfig
 

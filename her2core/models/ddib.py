@@ -46,6 +46,8 @@ def _paper_unet() -> UNetConfig:
 
 
 _GD = "suxuann/ddib:guided_diffusion/"
+#: Settings of runs written before these fields existed (see Framework.LEGACY).
+LEGACY = {"input": "native"}
 #: The reference value and its source for every `paper` setting (see Framework.reference_recipe).
 REFERENCE = {
     "precision": ("fp32", _GD + "script_util.py:64 (use_fp16 False)", PRECISION_NOTE),
@@ -101,6 +103,7 @@ class DDIBConfig:
 class DDIB(Framework):
     name = "ddib"
     REFERENCE = REFERENCE
+    LEGACY = LEGACY
     family = "dm"
     config_class = DDIBConfig
 

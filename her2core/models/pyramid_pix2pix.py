@@ -32,6 +32,8 @@ from her2core.models.gan_blocks.pyramid import blur_pyramid
 from her2core.models.gan_blocks.resnet import ResnetGenerator
 
 _BCI = "bupt-ai-cz/BCI:PyramidPix2pix/"
+#: Settings of runs written before these fields existed (see Framework.LEGACY).
+LEGACY = {"inference": "eval"}
 #: The reference value and its source for every `paper` setting (see Framework.reference_recipe).
 REFERENCE = {
     "precision": ("fp32", _BCI + "train.py (no autocast)", PRECISION_NOTE),
@@ -90,6 +92,7 @@ class PyramidPix2Pix(Framework):
     name = "pyramid_pix2pix"
     family = "gan"
     REFERENCE = REFERENCE
+    LEGACY = LEGACY
     config_class = PyramidPix2PixConfig
 
     @classmethod

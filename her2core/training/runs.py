@@ -47,7 +47,10 @@ def build_framework(run: dict, source: str):
     from her2core.util.configs import from_dict
 
     cls = registry.get(run["framework"])
-    return cls(from_dict(cls.config_class, run["model_config"], source=source))
+    stored = dict(run["model_config"])
+    if any(key not in stored for key in cls.LEGACY):  # written before those fields: keep its behaviour
+        stored.update(cls.LEGACY)
+    return cls(from_dict(cls.config_class, stored, source=source))
 
 
 def load_run(run_dir, device=None, step: int | None = None, model_name: str | None = None):
