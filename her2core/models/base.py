@@ -25,6 +25,7 @@ class StepContext(Protocol):
 
     step: int  # global optimisation step, 0-based
     stepping: bool  # False on the first micro-batches of an accumulated step (optimizer_step then waits)
+    accumulate: int  # micro-batches per optimisation step
     total_steps: int
     epoch: float  # fractional epoch (step / steps_per_epoch)
     device: torch.device

@@ -206,7 +206,7 @@ class BBDM(Framework):
             self._scheduler.last_loss = value
         c = self.config
         if self.unet_ema is not None and ctx.stepping and (ctx.step + 1) % c.ema_every == 0:
-            micro_batches = (ctx.step + 1) * getattr(ctx, "accumulate", 1)  # upstream's global step
+            micro_batches = (ctx.step + 1) * ctx.accumulate  # upstream's global step
             ema_update(self.unet_ema, self.unet, c.ema_decay if micro_batches >= c.ema_start else 0.0)
         return {"loss": value}
 

@@ -290,7 +290,8 @@ class BCIStainer(Framework):
         ctx.optimizer_step("G")
         self.D.requires_grad_(True)
         self.C.requires_grad_(True)
-        self.G_ema.update(self.G)
+        if ctx.stepping:  # once per optimiser step (upstream: after G_opt.step, trainer.py:130-134)
+            self.G_ema.update(self.G)
         logs.update(G_GAN=g_gan, G_rec=g_rec, G_sim=g_sim, G_cls=g_cls, G=loss_g)
         return {k: v.detach() for k, v in logs.items()}
 

@@ -265,8 +265,9 @@ class ConsistencyModel(Framework):
             loss = self._loss(pred, target.detach()).mean()
         ctx.backward(loss)
         ctx.optimizer_step("unet")
-        ema_update(self.target, self.unet, mu)
-        ema_update(self.unet_ema, self.unet, self._ema_rate)
+        if ctx.stepping:  # once per optimiser step when the engine accumulates micro-batches
+            ema_update(self.target, self.unet, mu)
+            ema_update(self.unet_ema, self.unet, self._ema_rate)
         return {"loss": float(loss.detach()), "num_scales": float(num_scales), "target_ema": mu}
 
     # -- inference ----------------------------------------------------

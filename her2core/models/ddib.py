@@ -162,7 +162,8 @@ class DDIB(Framework):
                 loss = self.loss(net, batch[d].to(ctx.device))
             ctx.backward(loss)
             ctx.optimizer_step(f"unet_{d}")
-            ema_update(getattr(self, f"ema_{d}"), net, self.config.ema_rate)
+            if ctx.stepping:  # once per optimiser step when the engine accumulates micro-batches
+                ema_update(getattr(self, f"ema_{d}"), net, self.config.ema_rate)
             logs[f"loss_{d}"] = float(loss.detach())
         if not logs:
             from her2core.errors import UserError
