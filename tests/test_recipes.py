@@ -222,7 +222,8 @@ def test_scores_from_bci_style_names_in_a_her2match_layout(tiles, tmp_path):
         for p in sorted((Path(tiles) / side / "train").glob("*.png"))[:2]:
             (ds / side / "train").mkdir(parents=True, exist_ok=True)
             shutil.copy(p, ds / side / "train" / f"{p.stem}_train_2+.png")
-    assert open_paired(ds, "train").scores == [2, 2]
+            shutil.copy(p, ds / side / "train" / f"{p.stem}_3.png")  # not the BCI form: no score
+    assert sorted(open_paired(ds, "train").scores) == [-1, -1, 2, 2]
 
 
 def test_bcistainer_keeps_the_best_validation_psnr_checkpoint(tiles, tmp_path):

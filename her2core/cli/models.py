@@ -85,6 +85,8 @@ def recipe_rows(name: str, preset: str = "paper") -> list[dict]:
             status = "network"
         elif _same(ours, value):
             status = "same"
+        elif preset != "paper":
+            status, note = "differs", note or f"the {preset} preset"
         else:
             status = "differs" if note else "UNEXPLAINED"
         rows.append({"setting": key, "ours": _show(ours), "reference": _show(value), "source": source,

@@ -21,6 +21,7 @@ from her2core.errors import UserError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 LAYOUTS = ("her2match", "bci", "ab", "manifest")
 _BCI_SCORE = re.compile(r"_([0-3])(\+?)$")
+_BCI_NAME = re.compile(r"_(?:train|val|test)_([0-3])(\+?)$")  # the full BCI form, for other layouts
 
 Pair = tuple[Path, Path, int]
 
@@ -48,6 +49,12 @@ def detect_layout(root: Path) -> str:
 def bci_score(name: str) -> int:
     """HER2 level from a BCI file name: '00012_train_2+.png' -> 2; -1 when absent."""
     m = _BCI_SCORE.search(Path(name).stem)
+    return int(m.group(1)) if m else -1
+
+
+def bci_name_score(name: str) -> int:
+    """HER2 level from a full BCI-style name ('00012_train_2+' -> 2), -1 for any other name."""
+    m = _BCI_NAME.search(Path(name).stem)
     return int(m.group(1)) if m else -1
 
 
@@ -134,7 +141,7 @@ def list_pairs(root: Path, split: str | None, layout: str) -> list[Pair]:
     if layout == "her2match":
         scores = _scores_from_manifest(root)
         return _split_pairs(root, split, root / "HE_20x", root / "IHC_20x",
-                            lambda n: scores.get(n, bci_score(n)))
+                            lambda n: scores.get(n, bci_name_score(n)))
     if layout == "bci":
         return _split_pairs(root, split, root / "HE", root / "IHC", bci_score)
     if layout == "ab":
