@@ -80,7 +80,9 @@ def recipe_rows(name: str, preset: str = "paper") -> list[dict]:
             rows.append({"setting": key, "ours": _show(ours), "reference": "?", "source": "",
                          "status": "NO REFERENCE", "note": ""})
             continue
-        value, source, note = ref[key]
+        value, source, note, *given = ref[key]  # a 4th element: our value of a non-config setting
+        if given:
+            ours = given[0]
         if dataclasses.is_dataclass(ours):
             status = "network"
         elif _same(ours, value):

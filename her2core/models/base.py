@@ -73,8 +73,9 @@ class Framework(nn.Module, abc.ABC):
 
     @classmethod
     def reference_recipe(cls) -> dict[str, tuple]:
-        """{setting: (reference value, source "repo:path:line", note)} for every field of the `paper`
-        config; the note says why ours differs ("" when it does not). Printed by `her2 models --recipe`."""
+        """{setting: (reference value, source "repo:path:line", note[, our value])} for every field of
+        the `paper` config (and behaviours that are not fields, with our value as a 4th element); the
+        note says why ours differs ("" when it does not). Printed by `her2 models --recipe`."""
         return dict(getattr(cls, "REFERENCE", {}))
 
     @abc.abstractmethod

@@ -93,6 +93,9 @@ REFERENCE = {
                 _BS + "libs/train_basic/dataset.py:34-44",
                 "the dihedral group only; the crop and distortions are not reproduced"),
     "init_gain": (0.02, _EXP + "32, 44, 58 (normal, modulated convs included)", ""),
+    "comparator_grad": ("accumulated over steps", _BS + "libs/train_basic/trainer.py:73-74 (C_opt never zeroed)",
+                        "an upstream bug, not kept: C's gradient is zeroed after each of its steps",
+                        "zeroed every step"),
 }
 
 @dataclass
