@@ -115,7 +115,7 @@ def test_ddib_trains_only_the_domains_asked_for_and_rejects_other_batches():
         opts[name][0].step()
         opts[name][0].zero_grad()
 
-    ctx = SimpleNamespace(step=0, total_steps=10, epoch=0.0, device=torch.device("cpu"),
+    ctx = SimpleNamespace(step=0, stepping=True, accumulate=1, total_steps=10, epoch=0.0, device=torch.device("cpu"),
                           autocast=contextlib.nullcontext, backward=lambda loss: loss.backward(),
                           optimizer_step=opt_step)
     he_before = [p.clone() for p in fw.unet_he.parameters()]

@@ -28,6 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-every", type=int, default=None)
     p.add_argument("--sample-every", type=int, default=None)
     p.add_argument("--include", default=None, help="text file listing the training tiles to use")
+    p.add_argument("--scores", default=None,
+                   help="CSV with columns name,her2_score (0, 1+, 2+, 3+) giving the tiles' HER2 scores")
+    p.add_argument("--accumulate", type=int, default=None,
+                   help="micro-batches per optimiser step (default: the preset's; BBDM paper: 2)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="change one framework setting of the preset (JSON value), e.g. --set ngf=32")
     p.add_argument("--no-progress", action="store_true")
@@ -36,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 _FLAGS = {"max_steps": "max_steps", "batch_size": "batch_size", "crop": "crop", "seed": "seed",
           "device": "device", "precision": "precision", "num_workers": "num_workers",
           "checkpoint_every": "checkpoint_every", "log_every": "log_every", "sample_every": "sample_every",
-          "include": "include"}
+          "include": "include", "scores": "scores", "accumulate": "accumulate"}
 
 
 def _overrides(items: list[str]) -> dict:

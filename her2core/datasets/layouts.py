@@ -1,7 +1,7 @@
 """Find the H&E/IHC pairs of a tile dataset in the folder layouts users have.
 
 - HER2match: HE_20x/{train,val,test}/NAME.png + IHC_20x/{...}/NAME.png (paired by name);
-  HER2 scores from a manifest.csv beside them when present.
+  HER2 scores from a manifest.csv beside them when present, else from BCI-style names.
 - BCI: HE/{train,test}/NNNNN_train_2+.png + IHC/{...} (score parsed from the name).
 - A/B folders: train/A + train/B (or trainA + trainB), paired by name.
 - manifest CSV (ours, from `her2 sample --tiles` / `her2 tile`): columns name,
@@ -21,6 +21,7 @@ from her2core.errors import UserError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 LAYOUTS = ("her2match", "bci", "ab", "manifest")
 _BCI_SCORE = re.compile(r"_([0-3])(\+?)$")
+_BCI_NAME = re.compile(r"_(?:train|val|test)_([0-3])(\+?)$")  # the full BCI form, for other layouts
 
 Pair = tuple[Path, Path, int]
 
@@ -48,6 +49,12 @@ def detect_layout(root: Path) -> str:
 def bci_score(name: str) -> int:
     """HER2 level from a BCI file name: '00012_train_2+.png' -> 2; -1 when absent."""
     m = _BCI_SCORE.search(Path(name).stem)
+    return int(m.group(1)) if m else -1
+
+
+def bci_name_score(name: str) -> int:
+    """HER2 level from a full BCI-style name ('00012_train_2+' -> 2), -1 for any other name."""
+    m = _BCI_NAME.search(Path(name).stem)
     return int(m.group(1)) if m else -1
 
 
@@ -97,15 +104,31 @@ def parse_score(value) -> int:
     text = str(value if value is not None else "").strip()
     if text in ("", "-1", "nan"):
         return -1
-    return int(text.rstrip("+"))
+    score = int(text.rstrip("+"))
+    if not 0 <= score <= 3:
+        raise ValueError(text)
+    return score
 
 
 def _scores_from_manifest(root: Path) -> dict[str, int]:
     m = root / "manifest.csv"
     if not m.is_file():
         return {}
+    return read_scores(m, required=False)
+
+
+def read_scores(m: Path, required: bool = True) -> dict[str, int]:
+    """{name stem: HER2 score} from a CSV with columns name and her2_score (a manifest or a scores file)."""
+    m = Path(m)
+    if not m.is_file():
+        raise UserError(f"{m}: scores CSV not found; give a CSV with columns name,her2_score")
+    rows = read_manifest(m)
+    if rows and "her2_score" not in rows[0]:
+        if not required:
+            return {}
+        raise UserError(f"{m}: no 'her2_score' column; the scores CSV needs columns name,her2_score")
     out = {}
-    for r in read_manifest(m):
+    for r in rows:
         try:
             out[Path(r["name"]).stem] = parse_score(r.get("her2_score"))
         except ValueError:
@@ -118,7 +141,7 @@ def list_pairs(root: Path, split: str | None, layout: str) -> list[Pair]:
     if layout == "her2match":
         scores = _scores_from_manifest(root)
         return _split_pairs(root, split, root / "HE_20x", root / "IHC_20x",
-                            lambda n: scores.get(n, -1))
+                            lambda n: scores.get(n, bci_name_score(n)))
     if layout == "bci":
         return _split_pairs(root, split, root / "HE", root / "IHC", bci_score)
     if layout == "ab":

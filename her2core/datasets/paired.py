@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from her2core.datasets.layouts import detect_layout, list_pairs, read_include
+from her2core.datasets.layouts import detect_layout, list_pairs, read_include, read_scores
 from her2core.errors import UserError
 
 
@@ -43,6 +44,20 @@ def to_model_tensor(rgb: np.ndarray) -> torch.Tensor:
     """RGB uint8 (H, W, 3) -> float32 (3, H, W) in [-1, 1]."""
     t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float()
     return t / 127.5 - 1.0
+
+
+def resize_image(x: torch.Tensor, size) -> torch.Tensor:
+    """(…, 3, H, W) resized to `size` (int: square, or (h, w)) by antialiased bilinear interpolation.
+
+    The references resize the whole tile with PIL (BBDM: torchvision Resize, bilinear with
+    antialiasing; guided-diffusion / consistency_models: BOX halvings then BICUBIC).
+    """
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(x.shape[-2:]) == hw:
+        return x
+    batch = x if x.ndim == 4 else x[None]
+    out = F.interpolate(batch.float(), size=hw, mode="bilinear", align_corners=False, antialias=True)
+    return out if x.ndim == 4 else out[0]
 
 
 class PairedTiles(Dataset):
@@ -86,12 +101,13 @@ class PairedTiles(Dataset):
 
 
 def open_paired(root, split: str | None = "train", *, include=None, layout: str | None = None,
-                check: bool = True) -> PairedTiles:
+                check: bool = True, scores=None) -> PairedTiles:
     """Open one split of a paired tile dataset, detecting its layout (see her2core.datasets.layouts).
 
     `split=None` takes every split. `include`: names (or a text file of names, one
     per line, with or without extension) that select a subset, e.g. a BCI-clean list.
     `check` reads every file header now, so unreadable or mismatched files fail early.
+    `scores`: a CSV (name, her2_score) whose scores replace the layout's for the names it lists.
     """
     root = Path(root)
     if not root.exists():
@@ -106,6 +122,9 @@ def open_paired(root, split: str | None = "train", *, include=None, layout: str 
                             f"selects none of the {split or 'all'} tiles in {root}")
     if not pairs:
         raise UserError(f"{root}: no image pairs in split {split!r}")
+    if scores is not None:
+        table = read_scores(Path(scores))
+        pairs = [(he, ihc, table.get(he.stem, s)) for he, ihc, s in pairs]
     ds = PairedTiles(pairs, root=root, layout=layout, split=split)
     if check:
         ds.check()

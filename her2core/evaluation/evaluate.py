@@ -45,6 +45,7 @@ class EvalSettings:
     kid_subset_size: int = 1000
     seed: int = 0
     dab: DabSettings = field(default_factory=DabSettings)
+    inference_mode: str | None = None  # pyramid pix2pix: 'reference' (test.py without --eval) or 'eval'
 
 
 def framework_of(model: str) -> str:
@@ -235,6 +236,10 @@ def evaluate_run(run_dir, data_root, split, out_dir, settings: EvalSettings | No
             labels[Path(he).stem] = int(score)
     virtual = out_dir / "virtual"
     translate_tile_folder(run_dir, he_dir, virtual, steps=steps, progress=progress)
+    if s.inference_mode is None:
+        from her2core.inference.tiles import inference_mode_of
+
+        s.inference_mode = inference_mode_of(run_dir)
     if not s.model:
         is_path = isinstance(run_dir, (str, Path))
         s.model = Path(run_dir).name if is_path else getattr(run_dir, "name", type(run_dir).__name__)

@@ -171,7 +171,8 @@ class Translator:
 
     def describe(self) -> dict:
         return {"model": self.name, "run": self.run_name, "weights_sha256": self.fingerprint,
-                "steps": self.steps, "precision": self.precision}
+                "steps": self.steps, "precision": self.precision,
+                "inference_mode": getattr(self.framework, "inference_mode", None)}
 
 
 def load_translator(run, *, device=None, steps: int | None = None, precision: str = "auto",

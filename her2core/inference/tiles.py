@@ -23,6 +23,19 @@ def _device_of(framework) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+def inference_mode_of(run_or_framework) -> str | None:
+    """How the framework runs at inference when it has a choice (pyramid pix2pix: 'reference' or
+    'eval'), from a built framework or a run folder's run.json; None for frameworks without one."""
+    if isinstance(run_or_framework, (str, Path)):
+        from her2core.models import registry
+        from her2core.training import read_run
+
+        run = read_run(run_or_framework)
+        legacy = registry.get(run["framework"]).LEGACY
+        return run.get("model_config", {}).get("inference", legacy.get("inference"))
+    return getattr(run_or_framework, "inference_mode", None)
+
+
 def translate_batch(framework, he_uint8, *, steps: int | None = None, seed: int = 0, device=None) -> np.ndarray:
     """RGB uint8 (N, H, W, 3) H&E → RGB uint8 (N, H, W, 3) virtual HER2 (deterministic by `seed`)."""
     arr = np.asarray(he_uint8)

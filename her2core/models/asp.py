@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from her2core.models.base import Framework
+from her2core.models.base import PRECISION_NOTE, Framework
 from her2core.models.gan_blocks.init import init_weights
 from her2core.models.gan_blocks.losses import gan_loss
 from her2core.models.gan_blocks.patchgan import NLayerDiscriminator
@@ -36,6 +36,41 @@ from her2core.models.gan_blocks.patchnce import PatchSampleF, asp_schedule, asp_
 from her2core.models.gan_blocks.pyramid import GaussPyramid
 from her2core.models.gan_blocks.resnet import ResnetGenerator
 
+_ASP = "lifangda01/AdaptiveSupervisedPatchNCE:"
+_MIST = _ASP + "experiments/mist_launcher.py:"
+#: The reference value and its source for every `paper` setting (see Framework.reference_recipe).
+REFERENCE = {
+    "precision": ("fp32", _ASP + "train.py (no autocast)", PRECISION_NOTE),
+    "ngf": (64, _ASP + "options/base_options.py:35", ""),
+    "ndf": (32, _MIST + "19", ""),
+    "n_blocks": (6, _MIST + "20 (netG resnet_6blocks)", ""),
+    "n_layers_D": (5, _MIST + "21 (netD n_layers)", ""),
+    "norm": ("instance", _MIST + "22-23 (normG, normD)", ""),
+    "spectral": (True, _MIST + "24 (weight_norm spectral)", ""),
+    "antialias": (True, _ASP + "options/base_options.py:46-47 (no_antialias, no_antialias_up off)", ""),
+    "nce_layers": ((0, 4, 8, 12, 16), _MIST + "28", ""),
+    "netF_nc": (256, _ASP + "models/cpt_model.py:29", ""),
+    "num_patches": (256, _MIST + "30", ""),
+    "nce_T": (0.07, _MIST + "29", ""),
+    "gan_mode": ("lsgan", _ASP + "options/train_options.py:38", ""),
+    "lambda_GAN": (1.0, _MIST + "26", ""),
+    "lambda_NCE": (10.0, _MIST + "27", ""),
+    "lambda_asp": (10.0, _MIST + "35", ""),
+    "lambda_gp": (10.0, _MIST + "33", ""),
+    "asp_loss_mode": ("lambda_linear", _MIST + "36", ""),
+    "gp_num_high": (5, _ASP + "models/cpt_model.py:95", ""),
+    "gp_weights": ((0.015625, 0.03125, 0.0625, 0.125, 0.25, 1.0), _MIST + "34", ""),
+    "lr": (2e-4, _ASP + "options/train_options.py:37", ""),
+    "beta1": (0.5, _ASP + "options/train_options.py:35", ""),
+    "beta2": (0.999, _ASP + "options/train_options.py:36", ""),
+    "n_epochs": (30, _MIST + "15", ""),
+    "n_epochs_decay": (10, _MIST + "16", ""),
+    "batch_size": (1, _MIST + "42", ""),
+    "crop": (512, _MIST + "43-45 (load 1024, preprocess crop, crop 512)", ""),
+    "augment": ("hflip", _MIST + "46 (no_flip not set)", ""),
+    "init_type": ("xavier", _ASP + "options/base_options.py:42", ""),
+    "init_gain": (0.02, _ASP + "options/base_options.py:43", ""),
+}
 
 @dataclass
 class ASPConfig:
@@ -76,6 +111,7 @@ class ASPConfig:
 
 class ASP(Framework):
     name = "asp"
+    REFERENCE = REFERENCE
     family = "gan"
     config_class = ASPConfig
 

@@ -15,11 +15,17 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import nn
 
+#: The engine setting every recipe table lists (not a framework config field).
+PRECISION_NOTE = ("engine --precision, recorded in run.json: auto = bf16 on CUDA, fp32 elsewhere; "
+                  "pass the reference's value to match it")
+
 
 class StepContext(Protocol):
     """What the engine hands a framework for one optimisation step."""
 
     step: int  # global optimisation step, 0-based
+    stepping: bool  # False on the first micro-batches of an accumulated step (optimizer_step then waits)
+    accumulate: int  # micro-batches per optimisation step
     total_steps: int
     epoch: float  # fractional epoch (step / steps_per_epoch)
     device: torch.device
@@ -61,6 +67,17 @@ class Framework(nn.Module, abc.ABC):
             raise UserError(f"{cls.name}: unknown preset '{name}'; choose one of {', '.join(presets)}")
         return presets[name]
 
+    #: {config field: the value runs had before the field existed}; `build_framework` applies them
+    #: to a run.json that lacks any of them, so an older run translates (and resumes) as trained.
+    LEGACY: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def reference_recipe(cls) -> dict[str, tuple]:
+        """{setting: (reference value, source "repo:path:line", note[, our value])} for every field of
+        the `paper` config (and behaviours that are not fields, with our value as a 4th element); the
+        note says why ours differs ("" when it does not). Printed by `her2 models --recipe`."""
+        return dict(getattr(cls, "REFERENCE", {}))
+
     @abc.abstractmethod
     def networks(self) -> dict[str, nn.Module]:
         """Named networks, for parameter counts and checkpoints (EMA copies excluded)."""
@@ -72,11 +89,26 @@ class Framework(nn.Module, abc.ABC):
     def training_defaults(self) -> dict[str, Any]:
         """What the engine uses when TrainConfig leaves a field unset (None).
 
-        Keys: batch_size (global, all ranks), crop (random paired crop in pixels, None = whole
-        tile), epochs (run length when max_steps is None), augment ('hflip+vflip+rot90',
-        'hflip', 'none', ...). By default read from config attributes of those names.
+        Keys: batch_size (global, all ranks, per micro-batch), crop (random paired crop in pixels,
+        None = whole tile), resize (whole tile resized to this many pixels first, None = native
+        scale), epochs (run length when max_steps is None), augment ('hflip+vflip+rot90',
+        'hflip', 'none', ...), accumulate (micro-batches per optimiser step), accumulate_reduction
+        ('mean': losses divided by accumulate, 'sum': gradients added as they come), select
+        ('val_psnr': keep the EMA/inference weights of the best validation PSNR, checked every
+        `validate_every` epochs; None: the last). By default read from config attributes of
+        those names.
         """
-        return {k: getattr(self.config, k, None) for k in ("batch_size", "crop", "epochs", "augment")}
+        keys = ("batch_size", "crop", "resize", "epochs", "augment", "accumulate", "accumulate_reduction",
+                "select", "validate_every")
+        return {k: getattr(self.config, k, None) for k in keys}
+
+    def needs_scores(self) -> bool:
+        """True when training uses the HER2 scores (the engine refuses a dataset without any)."""
+        return False
+
+    def resolved_recipe(self) -> dict[str, Any]:
+        """Settings resolved at `make_optimizers` (e.g. from the run length), recorded in run.json."""
+        return {}
 
     # -- training -----------------------------------------------------
     @abc.abstractmethod

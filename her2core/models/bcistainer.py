@@ -10,7 +10,13 @@ feature loss between fake and real.
 Losses: 10·L1 + 10·L1(low-res vs bilinear-downsized target) + 1·(1−SSIM) + 1·LSGAN
 (D targets smoothed by U(0, 0.1)) + 5·focal(level) + 1·(1−cos) comparator (from start_cmp).
 AdamW 1e-3 β(0.5, 0.9) wd 0.05, per-iteration 50-epoch warm-up + cosine to 0, 150 epochs,
-batch 8 at full size, EMA of G (β 0.99 after 100 steps, every 10) used for inference.
+batch 8 at full size, EMA of G (ema_pytorch 0.0.10: β 0.99 after 100 steps, every step, power
+1.0, BatchNorm statistics averaged; libs/utils/base.py:70-77) used for inference, and the EMA
+generator of the best validation PSNR kept (`select`; libs/train_basic/trainer.py:24-36).
+Initialisation: N(0, 0.02) for every conv/linear weight, the 18 modulated convolutions
+included through their equalised weight (libs/models/utils.py init_weights reaches
+`EqualizedWeight.data`), so their effective weight is N(0, 0.02)/sqrt(fan_in).
+HER2 scores are required (classifier and comparator); a dataset without any is refused.
 
 Where we deliberately differ from the reference:
 - augmentation is the dihedral group (flips, rot90 — transposes included) of the engine; the
@@ -31,12 +37,66 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from her2core.models.base import Framework
+from her2core.models.base import PRECISION_NOTE, Framework
 from her2core.models.gan_blocks.init import init_weights
 from her2core.models.gan_blocks.losses import focal_loss, gan_loss, ssim_loss
 from her2core.models.gan_blocks.patchgan import ConvNormAct, MultiscaleDiscriminator
 from her2core.models.gan_blocks.stylemod import ResnetModBlock
 
+_BS = "quqixun/BCIStainer:"
+_EXP = _BS + "configs/stainer_basic_cmp/exp3.yaml:"
+#: Settings of runs written before these fields existed (see Framework.LEGACY).
+LEGACY = {"ema_power": 2 / 3, "select": None}
+#: The reference value and its source for every `paper` setting (see Framework.reference_recipe).
+REFERENCE = {
+    "precision": ("fp32", _BS + "libs/train_basic/trainer.py (no autocast)", PRECISION_NOTE),
+    "full_size": (1024, _EXP + "17", ""),
+    "init_channels": (32, _EXP + "20", ""),
+    "levels": (4, _EXP + "21", ""),
+    "encoder1_blocks": (3, _EXP + "22", ""),
+    "style_blocks": (9, _EXP + "25 (style_type mod, linear)", ""),
+    "norm": ("batch", _EXP + "26, 40, 54", ""),
+    "dropout": (0.2, _EXP + "27, 55", ""),
+    "attention": (True, _EXP + "29 (SimAM)", "SimAM placed at the end of each modulated block"),
+    "d_channels": (32, _EXP + "38", ""),
+    "d_layers": (3, _EXP + "39", ""),
+    "d_depths": (2, _EXP + "41", ""),
+    "c_channels": (32, _EXP + "51", ""),
+    "c_max_channels": (256, _EXP + "52", ""),
+    "w_rec": (10.0, _EXP + "66 (mae)", ""),
+    "low_weight": (1.0, _EXP + "93", ""),
+    "w_sim": (1.0, _EXP + "69 (ssim)", ""),
+    "w_gan": (1.0, _EXP + "72 (lsgan)", ""),
+    "w_cls": (5.0, _EXP + "63 (focal)", ""),
+    "w_cmp": (1.0, _EXP + "75 (csim)", ""),
+    "focal_alpha": ((0.5, 0.2, 0.2, 0.1), _BS + "libs/utils/losses.py:160", ""),
+    "focal_gamma": (2.0, _BS + "libs/utils/losses.py:160", ""),
+    "label_smooth": (0.1, _BS + "libs/utils/losses.py:104 (U(0, 0.1))", ""),
+    "lr": (1e-3, _EXP + "80", ""),
+    "betas": ((0.5, 0.9), _EXP + "81", ""),
+    "weight_decay": (0.05, _EXP + "82", ""),
+    "c_lr": (1e-4, _BS + "libs/utils/base.py:114", ""),
+    "c_betas": ((0.9, 0.99), _BS + "libs/utils/base.py:114", ""),
+    "epochs": (150, _EXP + "89", ""),
+    "warmup_epochs": (50, _EXP + "86", ""),
+    "start_cmp": (50, _EXP + "95", ""),
+    "ema_beta": (0.99, _BS + "libs/utils/base.py:73", ""),
+    "ema_after": (100, _BS + "libs/utils/base.py:74", ""),
+    "ema_every": (1, _BS + "libs/utils/base.py:75", ""),
+    "ema_power": (1.0, _BS + "libs/utils/base.py:76", ""),
+    "select": ("val_psnr", _BS + "libs/train_basic/trainer.py:24-36 (best EMA PSNR each epoch)", ""),
+    "validate_every": (1.0, _BS + "libs/train_basic/trainer.py:21-26", ""),
+    "batch_size": (8, _EXP + "9", ""),
+    "crop": (None, _BS + "libs/train_basic/dataset.py:37 (whole 1024 tile)",
+             "RandomResizedCrop (p 0.2) is not reproduced"),
+    "augment": ("flip+transpose+rot90 (+ resized crop, grid/elastic/optical distortion)",
+                _BS + "libs/train_basic/dataset.py:34-44",
+                "the dihedral group only; the crop and distortions are not reproduced"),
+    "init_gain": (0.02, _EXP + "32, 44, 58 (normal, modulated convs included)", ""),
+    "comparator_grad": ("accumulated over steps", _BS + "libs/train_basic/trainer.py:73-74 (C_opt never zeroed)",
+                        "an upstream bug, not kept: C's gradient is zeroed after each of its steps",
+                        "zeroed every step"),
+}
 
 @dataclass
 class BCIStainerConfig:
@@ -72,7 +132,10 @@ class BCIStainerConfig:
     start_cmp: float = 50
     ema_beta: float = 0.99
     ema_after: int = 100
-    ema_every: int = 10
+    ema_every: int = 1
+    ema_power: float = 1.0
+    select: str | None = "val_psnr"  # keep the EMA generator of the best validation PSNR; None: the last
+    validate_every: float = 1.0  # epochs between validations (upstream: every epoch)
     batch_size: int = 8
     crop: int | None = None
     augment: str = "hflip+vflip+rot90"
@@ -132,6 +195,8 @@ class StainerGenerator(nn.Module):
 
 class BCIStainer(Framework):
     name = "bcistainer"
+    REFERENCE = REFERENCE
+    LEGACY = LEGACY
     family = "gan"
     config_class = BCIStainerConfig
 
@@ -143,7 +208,7 @@ class BCIStainer(Framework):
             "tiny": BCIStainerConfig(full_size=128, init_channels=8, encoder1_blocks=2, style_blocks=3,
                                      d_channels=16, c_channels=8, c_max_channels=64, lr=2e-3, c_lr=1e-3,
                                      epochs=6, warmup_epochs=0.5, start_cmp=2, ema_after=20, ema_every=1,
-                                     ema_beta=0.95, batch_size=4, crop=64),
+                                     ema_beta=0.95, ema_power=2 / 3, select=None, batch_size=4, crop=64),
         }
 
     def __init__(self, config: BCIStainerConfig):
@@ -156,7 +221,11 @@ class BCIStainer(Framework):
                               "normal", c.init_gain)
         self.C = init_weights(Comparator(c.full_size, c.c_channels, c.c_max_channels, c.levels, c.norm,
                                          c.dropout), "normal", c.init_gain)
-        self.G_ema = EMA(self.G, beta=c.ema_beta, update_after_step=c.ema_after, update_every=c.ema_every)
+        self.G_ema = EMA(self.G, beta=c.ema_beta, update_after_step=c.ema_after, update_every=c.ema_every,
+                         power=c.ema_power)
+
+    def needs_scores(self) -> bool:
+        return self.config.w_cls > 0 or self.config.w_cmp > 0
 
     def networks(self):
         return {"G": self.G, "D": self.D, "C": self.C}
@@ -224,7 +293,8 @@ class BCIStainer(Framework):
         ctx.optimizer_step("G")
         self.D.requires_grad_(True)
         self.C.requires_grad_(True)
-        self.G_ema.update(self.G)
+        if ctx.stepping:  # once per optimiser step (upstream: after G_opt.step, trainer.py:130-134)
+            self.G_ema.update(self.G)
         logs.update(G_GAN=g_gan, G_rec=g_rec, G_sim=g_sim, G_cls=g_cls, G=loss_g)
         return {k: v.detach() for k, v in logs.items()}
 

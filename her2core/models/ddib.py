@@ -5,8 +5,10 @@ Faithful to suxuann/ddib (reference notes §3.4): guided-diffusion UNets
 and 32, 4 heads, scale-shift norm), epsilon prediction with MSE over 1000 linear-beta
 steps, AdamW lr 1e-4 (wd 0), EMA 0.9999. Translation: DDIM reverse ODE with the H&E model
 (eta 0, no clipping) to x_T, then deterministic DDIM with the HER2 model (clipping), both
-over a respaced step count (`ddimN`). Deliberate difference: the encode stops at the level the
-decode starts from instead of going on to alphā = 0 (`encode_to_zero`; see `ddim_encode`).
+over a respaced step count (`ddimN`). The encode runs on to alphā = 0 as upstream
+(`encode_to_zero`, the `paper` default); `encode_to_zero: false` stops it at the level the
+decode starts from, which an imperfect model reconstructs much better (see `ddim_encode`).
+Tiles are resized to `image_size` (the whole tile, as guided-diffusion's loader) and back.
 
 Pairs are never used: each model learns its own stain, so the two can be trained from
 unpaired folders. `domains` selects which model(s) a run trains; a batch missing a stain
@@ -21,8 +23,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from her2core.models.base import Framework, StepContext
-from her2core.models.diffusion.common import ema_update, eval_mode, frozen_copy, in_chunks
+from her2core.models.base import PRECISION_NOTE, Framework, StepContext
+from her2core.models.diffusion.common import (
+    ema_update,
+    eval_mode,
+    frozen_copy,
+    in_chunks,
+    input_defaults,
+    resized,
+)
 from her2core.models.diffusion.ddim import GaussianDiffusion
 from her2core.models.diffusion.unet import UNet, UNetConfig
 
@@ -35,6 +44,36 @@ def _paper_unet() -> UNetConfig:
                       use_scale_shift_norm=True, resblock_updown=False)
 
 
+
+_GD = "suxuann/ddib:guided_diffusion/"
+#: Settings of runs written before these fields existed (see Framework.LEGACY).
+LEGACY = {"input": "native"}
+#: The reference value and its source for every `paper` setting (see Framework.reference_recipe).
+REFERENCE = {
+    "precision": ("fp32", _GD + "script_util.py:64 (use_fp16 False)", PRECISION_NOTE),
+    "unet": ("model_and_diffusion_defaults() at 256 px", _GD + "script_util.py:48-66",
+             "parameter count pinned in reference/param_counts.md"),
+    "num_timesteps": (1000, _GD + "script_util.py:18 (noise_schedule linear)", ""),
+    "domains": (("he", "ihc"), "suxuann/ddib:scripts/imagenet_translation.py:120-145 (source, target model)", ""),
+    "encode_steps": (None, _GD + "script_util.py:20 (timestep_respacing '' = all 1000)",
+                     "250 respaced DDIM steps (upstream's --timestep_respacing ddim250)"),
+    "decode_steps": (None, _GD + "script_util.py:20 (timestep_respacing '' = all 1000)",
+                     "250 respaced DDIM steps (upstream's --timestep_respacing ddim250)"),
+    "encode_to_zero": (True, _GD + "gaussian_diffusion.py ddim_reverse_sample_loop (all respaced steps)",
+                       "False (tiny): the encode stops where the decode starts"),
+    "sample_batch": (None, "suxuann/ddib:scripts/imagenet_translation.py", "memory only"),
+    "lr": (1e-4, "suxuann/ddib:scripts/synthetic_train.py:59", ""),
+    "weight_decay": (0.0, "suxuann/ddib:scripts/synthetic_train.py:60", ""),
+    "ema_rate": (0.9999, "suxuann/ddib:scripts/synthetic_train.py:64", ""),
+    "batch_size": (None, "suxuann/ddib (no image training script)",
+                   "no reference value for images; 8 is ours"),
+    "input": ("resize", _GD + "image_datasets.py center_crop_arr (whole image at image_size)", ""),
+    "image_size": (256, "reference/param_counts.md (256 px configuration)", ""),
+    "crop": (None, _GD + "image_datasets.py (no crop of the resized image)", "used only by input 'native'"),
+    "augment": ("hflip", _GD + "image_datasets.py:20 (random_flip True)", ""),
+    "epochs": (None, _GD + "train_util.py (runs until stopped)", "no reference length; 100 epochs is ours"),
+}
+
 @dataclass
 class DDIBConfig:
     unet: UNetConfig = field(default_factory=_paper_unet)
@@ -43,23 +82,28 @@ class DDIBConfig:
     # respaced DDIM steps for encoding (H&E model) and decoding (HER2 model); `steps=` overrides both
     encode_steps: int = 250
     decode_steps: int = 250
-    # False: stop the encode at the level the decode starts from (see GaussianDiffusion.ddim_encode);
-    # True: upstream's last step to alphā = 0
-    encode_to_zero: bool = False
+    # True: upstream's last step to alphā = 0; False: stop the encode at the level the decode
+    # starts from (see GaussianDiffusion.ddim_encode)
+    encode_to_zero: bool = True
     sample_batch: int = 8
     lr: float = 1e-4
     weight_decay: float = 0.0
     ema_rate: float = 0.9999
-    # data (engine defaults): guided-diffusion trains on whole images with random horizontal flips
-    # and has no epoch count (it runs until stopped); 100 epochs is our default, not the reference's.
+    # data (engine defaults): guided-diffusion trains on whole images resized to image_size
+    # (image_datasets.py center_crop_arr) with random horizontal flips and has no epoch count (it
+    # runs until stopped); 100 epochs is our default, not the reference's.
     batch_size: int = 8
-    crop: int | None = 256
+    input: str = "resize"  # "resize": whole tile <-> image_size (reference); "native": crops of `crop` px
+    image_size: int = 256
+    crop: int | None = 256  # used by input "native" only
     augment: str = "hflip"
     epochs: float = 100
 
 
 class DDIB(Framework):
     name = "ddib"
+    REFERENCE = REFERENCE
+    LEGACY = LEGACY
     family = "dm"
     config_class = DDIBConfig
 
@@ -71,7 +115,7 @@ class DDIB(Framework):
                 unet=UNetConfig(in_channels=3, out_channels=3, model_channels=16, channel_mult=(1, 2, 4),
                                 num_res_blocks=1, attention_ds=(4,), num_heads=2, use_scale_shift_norm=True,
                                 norm_groups=8),
-                encode_steps=50, decode_steps=50, lr=1e-3, ema_rate=0.95, batch_size=8, crop=None, epochs=50),
+                encode_steps=50, decode_steps=50, encode_to_zero=False, lr=1e-3, ema_rate=0.95, batch_size=8, crop=None, input="native", epochs=50),
         }
 
     def __init__(self, config: DDIBConfig):
@@ -85,6 +129,9 @@ class DDIB(Framework):
         self.ema_he = frozen_copy(self.unet_he)
         self.ema_ihc = frozen_copy(self.unet_ihc)
         self.diffusion = GaussianDiffusion(config.num_timesteps)
+
+    def training_defaults(self):
+        return {**super().training_defaults(), **input_defaults(self.config)}
 
     def networks(self) -> dict[str, nn.Module]:
         return {"unet_he": self.unet_he, "unet_ihc": self.unet_ihc}
@@ -115,7 +162,8 @@ class DDIB(Framework):
                 loss = self.loss(net, batch[d].to(ctx.device))
             ctx.backward(loss)
             ctx.optimizer_step(f"unet_{d}")
-            ema_update(getattr(self, f"ema_{d}"), net, self.config.ema_rate)
+            if ctx.stepping:  # once per optimiser step when the engine accumulates micro-batches
+                ema_update(getattr(self, f"ema_{d}"), net, self.config.ema_rate)
             logs[f"loss_{d}"] = float(loss.detach())
         if not logs:
             from her2core.errors import UserError
@@ -150,7 +198,7 @@ class DDIB(Framework):
             z = self.encode(x, stain="he", steps=steps)
             return self.decode(z, stain="ihc", steps=steps)
 
-        return in_chunks(run, he.float(), self.config.sample_batch, multiple)
+        return resized(lambda x: in_chunks(run, x, self.config.sample_batch, multiple), he.float(), self.config)
 
     @classmethod
     def combine(cls, he_run, ihc_run) -> DDIB:

@@ -8,6 +8,9 @@ checkpoints/step_00001000.json
     state, scheduler and grad-scaler state, RNG scheme, metrics at that step
 checkpoints/latest.json
     {"step": N, "name": "step_0000000N"} — written last, so it always names a complete pair
+checkpoints/best.json
+    {"step", "name", "val_psnr"} — only for frameworks that select by validation (BCIStainer);
+    inference (`load_run`) then uses that checkpoint, resuming still uses latest.json
 
 Every file is written atomically (temporary file + rename).
 """
@@ -23,6 +26,7 @@ from her2core.errors import UserError
 from her2core.util.atomic import atomic_path, write_json
 
 LATEST = "latest.json"
+BEST = "best.json"
 
 
 def ckpt_name(step: int) -> str:
@@ -71,6 +75,21 @@ def save(ckpt_dir: Path, step: int, framework, optimizers: dict, scaler, meta: d
     write_json(ckpt_dir / f"{name}.json", record)
     write_json(ckpt_dir / LATEST, {"step": step, "name": name})
     return ckpt_dir / name
+
+
+def read_best(ckpt_dir: Path) -> dict | None:
+    """The best.json record of a run that selects by validation, or None."""
+    path = ckpt_dir / BEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc.msg}); delete it to use the latest checkpoint") from None
+
+
+def write_best(ckpt_dir: Path, record: dict) -> None:
+    write_json(ckpt_dir / BEST, record)
 
 
 def find(ckpt_dir: Path, step: int | None = None) -> tuple[Path, dict]:

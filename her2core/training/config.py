@@ -10,7 +10,8 @@ class TrainConfig:
     """One training run. `None` means "the framework's default" (see Framework.training_defaults)."""
 
     max_steps: int | None = None        # None: framework epochs × steps per epoch
-    batch_size: int | None = None       # global batch (all ranks together)
+    batch_size: int | None = None       # global batch (all ranks together) of one micro-batch
+    accumulate: int | None = None       # micro-batches per optimiser step; None: framework default (1)
     crop: int | None = None             # random paired crop (px); None: framework default / whole tile
     augment: str | None = None          # 'hflip+vflip+rot90', 'hflip', 'none'; None: framework default
     num_workers: int = 0                # DataLoader workers per rank
@@ -28,4 +29,5 @@ class TrainConfig:
     train_split: str = "train"
     val_split: str = "val"              # falls back to 'test', then to the training split
     include: str | None = None          # include-list file selecting training tiles (e.g. BCI-clean)
+    scores: str | None = None           # CSV (name, her2_score) overriding the dataset's HER2 scores
     sync_batchnorm: bool = True         # SyncBatchNorm across CUDA ranks (CPU/gloo keeps per-rank BN)

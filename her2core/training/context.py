@@ -5,6 +5,11 @@ Frameworks stay free of devices and ranks: they wrap forwards in `ctx.autocast()
 averaging over ranks, so every rank decides alike) skips that optimiser's step; the
 engine then skips or stops (TrainConfig.nonfinite). With fp16 the GradScaler owns inf
 handling instead (it lowers the scale and skips, as usual).
+
+Gradient accumulation (a framework's `accumulate` > 1): the engine runs `accumulate`
+micro-batches per optimisation step; `ctx.stepping` is False on all but the last, where
+`optimizer_step` leaves the gradients in place, and `backward` divides the loss by
+`accumulate` when the reduction is 'mean' (BBDM upstream adds the micro-batch gradients: 'sum').
 """
 
 from __future__ import annotations
@@ -53,7 +58,16 @@ class EngineContext:
     """Implements her2core.models.base.StepContext."""
 
     def __init__(self, device: torch.device, precision: str, env: DistEnv, optimizers: dict,
-                 grad_clip: float | None, total_steps: int, steps_per_epoch: int):
+                 grad_clip: float | None, total_steps: int, steps_per_epoch: int, accumulate: int = 1,
+                 accumulate_reduction: str = "mean"):
+        from her2core.errors import UserError
+
+        if accumulate < 1 or accumulate_reduction not in ("mean", "sum"):
+            raise UserError(f"accumulate={accumulate}, reduction {accumulate_reduction!r}: use an accumulate "
+                            "of 1 or more and a reduction of 'mean' or 'sum'")
+        self.accumulate, self.accumulate_reduction = accumulate, accumulate_reduction
+        self.micro = 0
+        self.stepping = True
         self.device, self.precision, self.env = device, precision, env
         self.optimizers, self.grad_clip = optimizers, grad_clip
         self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
@@ -63,10 +77,12 @@ class EngineContext:
         self.grad_norms: dict[str, float] = {}
         self.nonfinite: list[str] = []
 
-    def begin(self, step: int) -> None:
-        self.step = step
+    def begin(self, step: int, micro: int = 0) -> None:
+        self.step, self.micro = step, micro
+        self.stepping = micro == self.accumulate - 1
         self.epoch = step / max(self.steps_per_epoch, 1)
-        self.grad_norms, self.nonfinite = {}, []
+        if micro == 0:
+            self.grad_norms, self.nonfinite = {}, []
 
     def autocast(self):
         if self.precision == "fp32":
@@ -75,9 +91,13 @@ class EngineContext:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def backward(self, loss: torch.Tensor) -> None:
+        if self.accumulate > 1 and self.accumulate_reduction == "mean":
+            loss = loss / self.accumulate
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     def optimizer_step(self, name: str) -> None:
+        if not self.stepping:  # an accumulated step: keep adding gradients
+            return
         opt = self.optimizers[name]
         params = [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
         if self.env.active:  # every rank reduces the same list, even where a grad is missing
@@ -102,5 +122,5 @@ class EngineContext:
         opt.zero_grad(set_to_none=True)
 
     def end(self) -> None:
-        if self.scaler is not None:
+        if self.scaler is not None and self.stepping:
             self.scaler.update()

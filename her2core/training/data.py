@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from her2core.datasets.paired import resize_image
 from her2core.errors import UserError
 
 AUGMENTS = ("hflip", "vflip", "rot90")
@@ -31,8 +32,10 @@ def parse_augment(spec: str | None) -> tuple[str, ...]:
 
 
 def augment_pair(he: torch.Tensor, ihc: torch.Tensor, rng: np.random.Generator, ops: tuple[str, ...],
-                 crop: int | None):
-    """The same random crop / flips / quarter turns applied to both (3, H, W) images."""
+                 crop: int | None, resize: int | None = None):
+    """The same resize (whole tile), random crop, flips and quarter turns applied to both (3, H, W) images."""
+    if resize is not None:
+        he, ihc = resize_image(he, resize).clamp(-1, 1), resize_image(ihc, resize).clamp(-1, 1)
     if crop is not None:
         h, w = he.shape[-2:]
         if crop > min(h, w):
@@ -53,8 +56,8 @@ def augment_pair(he: torch.Tensor, ihc: torch.Tensor, rng: np.random.Generator, 
 class AugmentedPairs(Dataset):
     """Wraps a paired dataset; items are addressed by run position, not by index."""
 
-    def __init__(self, base, seed: int, ops: tuple[str, ...], crop: int | None):
-        self.base, self.seed, self.ops, self.crop = base, seed, ops, crop
+    def __init__(self, base, seed: int, ops: tuple[str, ...], crop: int | None, resize: int | None = None):
+        self.base, self.seed, self.ops, self.crop, self.resize = base, seed, ops, crop, resize
         self._perm_cache: dict[int, np.ndarray] = {}
 
     def __len__(self):
@@ -69,7 +72,7 @@ class AugmentedPairs(Dataset):
             self._perm_cache = {epoch: perm}
         item = self.base[int(perm[offset])]
         rng = np.random.default_rng([self.seed, 2, position])
-        he, ihc = augment_pair(item["he"], item["ihc"], rng, self.ops, self.crop)
+        he, ihc = augment_pair(item["he"], item["ihc"], rng, self.ops, self.crop, self.resize)
         return {"he": he, "ihc": ihc, "her2_score": item["her2_score"], "position": position}
 
 
@@ -98,8 +101,13 @@ def make_loader(dataset: AugmentedPairs, start: int, stop: int, global_batch: in
                       prefetch_factor=2 if num_workers else None)
 
 
-def check_sizes(dataset, crop: int | None, source: str) -> tuple[int, int]:
-    """All pairs must share one size unless a crop makes them uniform; returns the (w, h) seen."""
+def check_sizes(dataset, crop: int | None, source: str, resize: int | None = None) -> tuple[int, int]:
+    """All pairs must share one size unless a crop or resize makes them uniform; returns the (w, h) seen."""
+    if resize is not None:
+        if crop is not None and crop > resize:
+            raise UserError(f"{source}: crop {crop} px is larger than the {resize} px the tiles are resized to; "
+                            "use a smaller --crop")
+        return (resize, resize)
     from her2core.datasets.paired import image_size
 
     sizes = {}

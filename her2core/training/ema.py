@@ -14,8 +14,10 @@ from torch import nn
 
 
 class EMA(nn.Module):
-    """ema_pytorch.EMA semantics: copy weights until `update_after_step`, then every
-    `update_every` steps lerp with decay min(beta, 1 − (1 + t/inv_gamma)^−power)."""
+    """ema_pytorch.EMA (0.0.10, the version BCIStainer pins) semantics: copy weights until
+    `update_after_step`, then every `update_every` steps lerp parameters and floating-point
+    buffers (BatchNorm running statistics) with decay min(beta, 1 − (1 + t/inv_gamma)^−power),
+    t = step − update_after_step − 1. Integer buffers (BatchNorm's batch counter) are copied."""
 
     def __init__(self, model: nn.Module, beta: float = 0.9999, update_after_step: int = 100,
                  update_every: int = 10, inv_gamma: float = 1.0, power: float = 2 / 3):
@@ -49,4 +51,7 @@ class EMA(nn.Module):
         for e, o in zip(self.model.parameters(), online.parameters()):
             e.lerp_(o.detach(), 1 - d)
         for e, o in zip(self.model.buffers(), online.buffers()):
-            e.copy_(o)
+            if e.is_floating_point():
+                e.lerp_(o.detach().to(e.dtype), 1 - d)
+            else:
+                e.copy_(o)

@@ -58,16 +58,16 @@ def _framework_config(cls, preset: str, overrides: dict | None):
     return cfg
 
 
-def _open_split(data_root, split, include=None):
+def _open_split(data_root, split, include=None, scores=None):
     from her2core.datasets import open_paired
 
-    return open_paired(data_root, split, include=include)
+    return open_paired(data_root, split, include=include, scores=scores)
 
 
 def _val_dataset(data_root, tc: TrainConfig, train_ds):
     for split in (tc.val_split, "test"):
         try:
-            return _open_split(data_root, split)
+            return _open_split(data_root, split, scores=tc.scores)
         except UserError:
             continue
     return train_ds
@@ -77,8 +77,24 @@ def _resolve(tc: TrainConfig, framework) -> dict:
     d = framework.training_defaults()
     return {"batch_size": tc.batch_size or d.get("batch_size") or 1,
             "crop": tc.crop if tc.crop is not None else d.get("crop"),
+            "resize": d.get("resize"),
             "augment": tc.augment if tc.augment is not None else (d.get("augment") or "hflip+vflip+rot90"),
-            "epochs": d.get("epochs") or 1}
+            "epochs": d.get("epochs") or 1,
+            "accumulate": int(tc.accumulate or d.get("accumulate") or 1),
+            "accumulate_reduction": d.get("accumulate_reduction") or "mean",
+            "select": d.get("select"),
+            "validate_every": d.get("validate_every") or 1}
+
+
+def _check_scores(framework, train_ds, data_root) -> int:
+    """How many training pairs carry a HER2 score; a UserError when the framework needs them and none do."""
+    known = sum(1 for s in train_ds.scores if s >= 0)
+    if framework.needs_scores() and known == 0:
+        raise UserError(f"{data_root}: {framework.name} trains its HER2 classifier and comparator on the tiles' "
+                        f"HER2 scores, but none of the {len(train_ds)} training pairs has one; add a her2_score "
+                        "column (0, 1+, 2+, 3+) to manifest.csv, use BCI file names (NNNNN_train_2+.png), "
+                        "or pass --scores FILE.csv with columns name,her2_score")
+    return known
 
 
 def _prepare_out(out: Path, resume: bool) -> None:
@@ -180,9 +196,11 @@ def _run(framework, cls, preset, tc, data_root, out, env, resume, progress, canc
     if gb % env.world_size:
         raise UserError(f"batch size {gb} does not split over {env.world_size} processes; use a multiple")
     ops = parse_augment(res["augment"])
-    train_ds = _open_split(data_root, tc.train_split, tc.include)
-    tile_wh = check_sizes(train_ds, res["crop"], str(data_root))
+    train_ds = _open_split(data_root, tc.train_split, tc.include, tc.scores)
+    scored = _check_scores(framework, train_ds, data_root)
+    tile_wh = check_sizes(train_ds, res["crop"], str(data_root), res["resize"])
     val_ds = _val_dataset(data_root, tc, train_ds)
+    accumulate = res["accumulate"]
     steps_per_epoch = max(1, len(train_ds) // gb)
     total = int(tc.max_steps) if tc.max_steps else math.ceil(res["epochs"] * steps_per_epoch)
 
@@ -194,7 +212,7 @@ def _run(framework, cls, preset, tc, data_root, out, env, resume, progress, canc
     framework.train()
     optimizers = framework.make_optimizers(total, steps_per_epoch)
     ctx = EngineContext(device, precision, env, {k: v[0] for k, v in optimizers.items()}, tc.grad_clip,
-                        total, steps_per_epoch)
+                        total, steps_per_epoch, accumulate, res["accumulate_reduction"])
     ckpt_dir = out / "checkpoints"
     log = MetricsLog(out, env.is_main)
 
@@ -212,22 +230,29 @@ def _run(framework, cls, preset, tc, data_root, out, env, resume, progress, canc
         write_json(out / "run.json", {
             "format": RUN_FORMAT, "framework": framework.name, "family": framework.family, "preset": preset,
             "model_config": to_dict(framework.config), "train_config": to_dict(tc),
-            "resolved": {"batch_size": gb, "crop": res["crop"], "augment": "+".join(ops) or "none",
+            "resolved": {"batch_size": gb, "crop": res["crop"], "resize": res["resize"],
+                         "augment": "+".join(ops) or "none", "accumulate": accumulate,
+                         "accumulate_reduction": res["accumulate_reduction"],
+                         "effective_batch_size": gb * accumulate, "select": res["select"],
                          "epochs": res["epochs"], "total_steps": total, "steps_per_epoch": steps_per_epoch,
                          "world_size": env.world_size, "precision": precision, "device": str(device),
                          "tile_wh": list(tile_wh)},
+            "recipe": framework.resolved_recipe(),
             "data": {"root": str(Path(data_root).resolve()), "train_split": tc.train_split,
                      "mpp": _dataset_mpp(Path(data_root)),
-                     "train_pairs": len(train_ds), "include": tc.include},
+                     "train_pairs": len(train_ds), "scored_pairs": scored, "include": tc.include,
+                     "scores": tc.scores},
             "parameter_counts": framework.parameter_counts(),
             "rng": "torch reseeded before every step from (seed, step, rank); data order and augmentation "
                    "from (seed, run position)",
         })
     distributed.barrier(env)
 
-    dataset = AugmentedPairs(train_ds, tc.seed, ops, res["crop"])
-    loader = make_loader(dataset, start, total, gb, env.rank, env.world_size, tc.num_workers,
-                         pin=device.type == "cuda")
+    dataset = AugmentedPairs(train_ds, tc.seed, ops, res["crop"], res["resize"])
+    # one loader item per micro-batch: micro-step m of the run reads positions m*gb ... (m+1)*gb - 1
+    loader = make_loader(dataset, start * accumulate, total * accumulate, gb, env.rank, env.world_size,
+                         tc.num_workers, pin=device.type == "cuda")
+    selector = _BestSelector(ckpt_dir, res, steps_per_epoch, env) if res["select"] else None
     bar = None
     if progress and env.is_main:
         from tqdm.auto import tqdm
@@ -238,13 +263,21 @@ def _run(framework, cls, preset, tc, data_root, out, env, resume, progress, canc
     count, skipped_run, t0, imgs = 0, 0, time.perf_counter(), 0
     last_saved = start if resume else -1
     step = start
+    micro = 0
     try:
         for batch in loader:
-            torch.manual_seed(step_seed(tc.seed, step, env.rank))
+            torch.manual_seed(step_seed(tc.seed, step * accumulate + micro, env.rank))
             batch = _to_device(batch, device)
-            ctx.begin(step)
+            ctx.begin(step, micro)
             logs = framework.training_step(batch, ctx)
             ctx.end()
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + torch.as_tensor(v, dtype=torch.float64).detach().cpu() / accumulate
+            imgs += gb
+            if not ctx.stepping:
+                micro += 1
+                continue
+            micro = 0
             if ctx.nonfinite:
                 skipped_run += 1
                 msg = (f"{out}: non-finite gradient at step {step} in {', '.join(ctx.nonfinite)} "
@@ -259,12 +292,9 @@ def _run(framework, cls, preset, tc, data_root, out, env, resume, progress, canc
             for opt_sched in optimizers.values():
                 if opt_sched[1] is not None:
                     opt_sched[1].step()
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + torch.as_tensor(v, dtype=torch.float64).detach().cpu()
             for k, v in ctx.grad_norms.items():
                 sums[f"grad_norm/{k}"] = sums.get(f"grad_norm/{k}", 0.0) + torch.tensor(v, dtype=torch.float64)
             count += 1
-            imgs += gb
             step += 1
             if cancel is not None and cancel(step):
                 raise Cancelled(f"cancelled after step {step}")
@@ -276,13 +306,24 @@ def _run(framework, cls, preset, tc, data_root, out, env, resume, progress, canc
                 sums, count, imgs, t0 = {}, 0, 0, time.perf_counter()
             if tc.sample_every and step % tc.sample_every == 0 and step != total:
                 _sample(framework, val_ds, tc, out, step, log, env, device, write_png)
+            if selector is not None and selector.due(step, total):
+                psnr = selector.validate(framework, val_ds, device, tc.seed)
+                log.write({"step": step, "val/PSNR": psnr})
+                if selector.improves(psnr):
+                    if step != last_saved:
+                        _save(framework, optimizers, ctx, ckpt_dir, step, tc, res, env, log, preset,
+                              selector.protected())
+                        last_saved = step
+                    selector.mark(step, psnr)
             if step % tc.checkpoint_every == 0 or step == total:
-                _save(framework, optimizers, ctx, ckpt_dir, step, tc, res, env, log, preset)
+                _save(framework, optimizers, ctx, ckpt_dir, step, tc, res, env, log, preset,
+                      selector.protected() if selector else set())
                 last_saved = step
             if bar is not None:
                 bar.update(1)
         if step != last_saved and step > start:
-            _save(framework, optimizers, ctx, ckpt_dir, step, tc, res, env, log, preset)
+            _save(framework, optimizers, ctx, ckpt_dir, step, tc, res, env, log, preset,
+                  selector.protected() if selector else set())
         _sample(framework, val_ds, tc, out, step, log, env, device, write_png)
         log.write_csv()
     finally:
@@ -309,14 +350,64 @@ def _log_row(sums, count, env, step, steps_per_epoch, optimizers, imgs, t0) -> d
     return row
 
 
-def _save(framework, optimizers, ctx, ckpt_dir, step, tc, res, env, log, preset) -> None:
+def _save(framework, optimizers, ctx, ckpt_dir, step, tc, res, env, log, preset, protect=frozenset()) -> None:
     if env.is_main:
-        meta = {"preset": preset, "positions": step * int(res["batch_size"]), "seed": tc.seed,
-                "world_size": env.world_size}
+        meta = {"preset": preset, "positions": step * int(res["batch_size"]) * int(res["accumulate"]),
+                "seed": tc.seed, "world_size": env.world_size}
         checkpoint.save(ckpt_dir, step, framework, optimizers, ctx.scaler, meta)
-        checkpoint.prune(ckpt_dir, tc.keep_checkpoints, protect={checkpoint.ckpt_name(step)})
+        checkpoint.prune(ckpt_dir, tc.keep_checkpoints, protect={checkpoint.ckpt_name(step), *protect})
         log.write_csv()
     distributed.barrier(env)
+
+
+class _BestSelector:
+    """Keeps the checkpoint whose inference weights have the best validation PSNR (BCIStainer upstream:
+    the EMA generator of the best epoch, libs/train_basic/trainer.py:24-36).
+
+    PSNR as upstream's EvalMetrics: per image on [0, 255] (predictions not rounded), averaged over
+    the validation tiles; checked every `validate_every` epochs and at the end. The chosen step is
+    written to checkpoints/best.json; `load_run` then uses it.
+    """
+
+    def __init__(self, ckpt_dir: Path, res: dict, steps_per_epoch: int, env):
+        if res["select"] != "val_psnr":
+            raise UserError(f"select={res['select']!r}: the only selection is 'val_psnr'")
+        self.ckpt_dir, self.env = ckpt_dir, env
+        self.every = max(1, round(float(res["validate_every"]) * steps_per_epoch))
+        self.best = checkpoint.read_best(ckpt_dir)
+
+    def due(self, step: int, total: int) -> bool:
+        return step % self.every == 0 or step == total
+
+    @torch.no_grad()
+    def validate(self, framework, val_ds, device, seed: int) -> float:
+        values = []
+        gen = torch.Generator(device=device).manual_seed(seed)
+        for i in range(len(val_ds)):
+            item = val_ds[i]
+            fake = framework.translate(item["he"][None].to(device), generator=gen).float()
+            mse = ((fake - item["ihc"][None].to(device)) * 127.5).pow(2).mean()
+            values.append(float(10 * torch.log10(255.0 ** 2 / mse.clamp_min(1e-10))))
+        framework.train()
+        value = float(np.mean(values)) if values else float("nan")
+        if self.env.active:
+            import torch.distributed as dist
+
+            t = torch.tensor([value], device=device)
+            dist.broadcast(t, 0)
+            value = float(t)
+        return value
+
+    def improves(self, psnr: float) -> bool:
+        return math.isfinite(psnr) and (self.best is None or psnr > self.best["val_psnr"])
+
+    def mark(self, step: int, psnr: float) -> None:
+        self.best = {"step": step, "name": checkpoint.ckpt_name(step), "val_psnr": psnr}
+        if self.env.is_main:
+            checkpoint.write_best(self.ckpt_dir, self.best)
+
+    def protected(self) -> set[str]:
+        return {self.best["name"]} if self.best else set()
 
 
 def _sample(framework, val_ds, tc, out, step, log, env, device, write_png) -> None:

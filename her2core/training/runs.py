@@ -47,11 +47,15 @@ def build_framework(run: dict, source: str):
     from her2core.util.configs import from_dict
 
     cls = registry.get(run["framework"])
-    return cls(from_dict(cls.config_class, run["model_config"], source=source))
+    stored = dict(run["model_config"])
+    if any(key not in stored for key in cls.LEGACY):  # written before those fields: keep its behaviour
+        stored.update(cls.LEGACY)
+    return cls(from_dict(cls.config_class, stored, source=source))
 
 
 def load_run(run_dir, device=None, step: int | None = None, model_name: str | None = None):
-    """The framework of RUN with the weights of `step` (default: latest), eval mode, on `device`."""
+    """The framework of RUN with the weights of `step` (default: the best-validation checkpoint of a
+    run that selects one, else the latest), eval mode, on `device`."""
     from her2core.models import registry
     from her2core.training import checkpoint
 
@@ -61,7 +65,8 @@ def load_run(run_dir, device=None, step: int | None = None, model_name: str | No
         want = registry.get(model_name).name
         if want != run["framework"]:
             raise UserError(f"{run_dir}: is a {run['framework']} run, not {want}")
-    weights, record = checkpoint.find(run_dir / "checkpoints", step)
+    best = checkpoint.read_best(run_dir / "checkpoints") if step is None else None
+    weights, record = checkpoint.find(run_dir / "checkpoints", best["step"] if best else step)
     if record.get("framework") != run["framework"]:
         raise UserError(f"{weights}: checkpoint of framework {record.get('framework')!r} in a "
                         f"{run['framework']} run; the run folder is mixed up")
@@ -70,5 +75,5 @@ def load_run(run_dir, device=None, step: int | None = None, model_name: str | No
     checkpoint.load_weights(framework, weights)
     framework.to(device).eval()
     framework.run_info = {"run_dir": str(run_dir), "step": record["step"], "framework": run["framework"],
-                          "preset": run.get("preset")}
+                          "preset": run.get("preset"), "selected": "val_psnr" if best else "latest"}
     return framework

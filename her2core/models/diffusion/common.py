@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 
 import torch
@@ -13,13 +12,6 @@ def randn(shape, generator: torch.Generator | None, device: torch.device, dtype=
     """Gaussian noise drawn on the generator's device, then moved: same seed, same noise on any device."""
     gen_device = generator.device if generator is not None else torch.device("cpu")
     return torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=torch.float32).to(device, dtype)
-
-
-def sampling_autocast(device: torch.device):
-    """bf16 autocast for sampling on CUDA (issue 5 §4); float32 elsewhere (bf16 on CPU is slow)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:
@@ -59,13 +51,45 @@ def pad_to_multiple(x: torch.Tensor, multiple: int):
 
 
 def in_chunks(fn, x: torch.Tensor, chunk: int, multiple: int) -> torch.Tensor:
-    """Apply `fn` to batches of at most `chunk` tiles (bounded memory), padding to the UNet's multiple."""
+    """Apply `fn` to batches of at most `chunk` tiles (bounded memory), padding to the UNet's multiple.
+
+    No precision is chosen here: the caller's autocast (the Translator's `--precision`, recorded
+    with every output) is the one that applies.
+    """
     outs = []
     for part in x.split(max(chunk, 1)):
         padded, (h, w) = pad_to_multiple(part, multiple)
-        with sampling_autocast(part.device):
-            outs.append(fn(padded)[..., :h, :w].float())
+        outs.append(fn(padded)[..., :h, :w].float())
     return torch.cat(outs)
+
+
+INPUTS = ("resize", "native")
+
+
+def input_defaults(config) -> dict:
+    """Engine data defaults for a diffusion config's `input` handling (see `resized`)."""
+    if config.input not in INPUTS:
+        from her2core.errors import UserError
+        raise UserError(f"input {config.input!r}: use 'resize' (whole tile at image_size, as the references) "
+                        "or 'native' (native-scale crops)")
+    if config.input == "resize":
+        return {"resize": config.image_size, "crop": None}
+    return {"resize": None, "crop": config.crop}
+
+
+def resized(fn, x: torch.Tensor, config) -> torch.Tensor:
+    """`fn` on `x` resized to the model size and its output resized back (input 'resize'); else `fn(x)`.
+
+    The references train and test on the whole tile resized to `image_size`; a tile of another size
+    is translated at that size and the result brought back to the tile's pixel grid.
+    """
+    if getattr(config, "input", "native") != "resize":
+        return fn(x)
+    from her2core.datasets.paired import resize_image
+
+    size = tuple(x.shape[-2:])
+    out = fn(resize_image(x, config.image_size).clamp(-1, 1))
+    return resize_image(out, size).clamp(-1, 1)
 
 
 class eval_mode:

@@ -8,13 +8,18 @@ from torch import nn
 def init_weights(net: nn.Module, init_type: str = "normal", gain: float = 0.02) -> nn.Module:
     """Conv/Linear weights ~ N(0, gain) or xavier(gain), biases 0; BatchNorm weight ~ N(1, gain).
 
-    Parametrised (spectral-norm) layers are initialised through their `original` tensor.
+    Parametrised (spectral-norm) layers are initialised through their `original` tensor, and
+    StyleGAN2 modulated convolutions through their equalised weight's `data` parameter (as the
+    references' `m.weight.data` reaches it: BCIStainer's 18 ModConv2d get N(0, gain) there).
     """
     def weight_of(m):
         p = getattr(m, "parametrizations", None)
         if p is not None and "weight" in p:
             return p["weight"].original
-        return getattr(m, "weight", None)
+        w = getattr(m, "weight", None)
+        if isinstance(w, nn.Module) and isinstance(getattr(w, "data", None), nn.Parameter):
+            return w.data  # EqualizedWeight
+        return w
 
     for m in net.modules():
         cls = type(m).__name__
