@@ -12,7 +12,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
-from test_slide_support import cmu_or_skip, halve, write_leica_scn, write_philips_tiff, write_svs
+from test_slide_support import (
+    cmu_or_skip,
+    halve,
+    write_leica_scn,
+    write_mirax,
+    write_philips_tiff,
+    write_svs,
+)
 
 from her2core.errors import UserError
 from her2core.slide import choose_backend, open_slide, write_pyramid
@@ -135,6 +142,40 @@ def test_generic_pyramidal_tiff_reads_the_same_through_both_backends(tmp_path, c
                 np.testing.assert_array_equal(t.read_level(lv), pyr[lv])
                 if lv < o.level_count:
                     np.testing.assert_array_equal(o.read_level(lv), pyr[lv])
+
+
+def test_mirax_slide_is_read_through_openslide_at_every_level(tmp_path, cmu_pixels):
+    """A 3DHistech .mrxs (the HER2match scanner's format): Slidedat.ini + Index.dat + data file
+    in the folder beside it. Every level reads back exactly; µm/px from the MIRAX section."""
+    img = cmu_pixels[:1024, :1536]
+    pyr = [img, halve(img), halve(halve(img))]
+    path = write_mirax(tmp_path / "he.mrxs", pyr, mpp=0.243)
+    assert choose_backend(path) == "openslide"
+    with open_slide(path) as s:
+        assert s.backend == "openslide" and s.vendor == "mirax"
+        assert s.vendor_properties["mirax.LAYER_0_LEVEL_0_SECTION.MICROMETER_PER_PIXEL_X"] == \
+            "0.243"
+        assert s.mpp == pytest.approx(0.243) and s.level_downsamples == [1.0, 2.0, 4.0]
+        for lv in range(3):
+            np.testing.assert_array_equal(s.read_level(lv), pyr[lv])
+        np.testing.assert_array_equal(s.read_region((333, 517), 0, (300, 200)),
+                                      img[517:717, 333:633])
+
+
+def test_mirax_without_its_data_or_with_a_cut_data_file_is_one_clear_line(tmp_path, cmu_pixels):
+    img = cmu_pixels[:512, :768]
+    path = write_mirax(tmp_path / "cut.mrxs", [img, halve(img)], mpp=0.25)
+    data = tmp_path / "cut" / "Data0000.dat"
+    raw = data.read_bytes()
+    data.write_bytes(raw[: len(raw) // 3])  # the images of the second half are gone
+    with pytest.raises(UserError, match="cut.mrxs.*truncated or damaged") as err:
+        with open_slide(path) as s:  # OpenSlide hashes the last level's images when opening
+            s.read_level(0)
+    assert "\n" not in str(err.value)
+    (tmp_path / "cut" / "Slidedat.ini").unlink()
+    with pytest.raises(UserError, match="cut.mrxs: its data folder cut/ .* is missing") as err:
+        open_slide(path)
+    assert "\n" not in str(err.value)
 
 
 def test_philips_tiff_is_routed_by_content_and_calibrated_from_its_xml(tmp_path, cmu_pixels):

@@ -101,3 +101,70 @@ def write_leica_scn(path, pyr: list[np.ndarray], mpp: float, offset_xy=(64, 32),
             tw.write(a, tile=(256, 256), photometric="rgb", compression="zlib", metadata=None,
                      description=xml if i == 0 else None, subfiletype=1 if i else 0)
     return path
+
+
+def write_mirax(path, pyr: list[np.ndarray], mpp: float, image_px: int = 256,
+                slide_id: str = "her2coretest"):
+    """A 3DHistech MIRAX slide: `path` (.mrxs) beside a folder of the same name holding
+    Slidedat.ini, Index.dat and Data0000.dat, laid out as OpenSlide's MIRAX reader expects.
+
+    One camera image per position (CameraImageDivisionsPerSide 1), no overlap and no position
+    buffer, so images sit on a regular grid; level k is `pyr[k]` cut into `image_px` PNG images,
+    each standing for 2^k x 2^k level-0 images (IMAGE_CONCAT_FACTOR 1 per level).
+    """
+    import io
+    import struct
+
+    from PIL import Image
+
+    path = Path(path)
+    folder = path.with_suffix("")
+    folder.mkdir(parents=True, exist_ok=True)
+    h0, w0 = pyr[0].shape[:2]
+    nx, ny = -(-w0 // image_px), -(-h0 // image_px)
+    data = bytearray()
+    levels = []  # per level: [(image_index, offset, length)]
+    for k, a in enumerate(pyr):
+        f = 2 ** k
+        records = []
+        for y in range(0, ny, f):
+            for x in range(0, nx, f):
+                r0, c0 = (y // f) * image_px, (x // f) * image_px
+                tile = np.full((image_px, image_px, 3), 255, np.uint8)
+                part = a[r0:r0 + image_px, c0:c0 + image_px]
+                tile[:part.shape[0], :part.shape[1]] = part
+                buf = io.BytesIO()
+                Image.fromarray(tile).save(buf, format="PNG")
+                records.append((y * nx + x, len(data), len(buf.getvalue())))
+                data += buf.getvalue()
+        levels.append(records)
+    (folder / "Data0000.dat").write_bytes(bytes(data))
+
+    head = b"01.02" + slide_id.encode()
+    hier_root = len(head)
+    table = hier_root + 8  # hier root pointer, then the (unused) nonhier root pointer
+    index = bytearray(head + struct.pack("<ii", table, 0))
+    index += b"\0" * (4 * len(pyr))  # one pointer per zoom level, filled in below
+    for k, records in enumerate(levels):
+        struct.pack_into("<i", index, table + 4 * k, len(index))
+        index += struct.pack("<ii", 0, len(index) + 8)  # 0, then the first data page
+        index += struct.pack("<ii", len(records), 0)  # page length, no next page
+        for image_index, offset, length in records:
+            index += struct.pack("<iiii", image_index, offset, length, 0)
+    (folder / "Index.dat").write_bytes(bytes(index))
+
+    ini = ["[GENERAL]", f"SLIDE_ID={slide_id}", f"IMAGENUMBER_X={nx}", f"IMAGENUMBER_Y={ny}",
+           "OBJECTIVE_MAGNIFICATION=20", "CameraImageDivisionsPerSide=1", "",
+           "[HIERARCHICAL]", "HIER_COUNT=1", "NONHIER_COUNT=0", "INDEXFILE=Index.dat",
+           "HIER_0_NAME=Slide zoom level", f"HIER_0_COUNT={len(pyr)}"]
+    ini += [f"HIER_0_VAL_{k}_SECTION=LAYER_0_LEVEL_{k}_SECTION" for k in range(len(pyr))]
+    ini += ["", "[DATAFILE]", "FILE_COUNT=1", "FILE_0=Data0000.dat"]
+    for k in range(len(pyr)):
+        ini += ["", f"[LAYER_0_LEVEL_{k}_SECTION]", "OVERLAP_X=0", "OVERLAP_Y=0",
+                f"MICROMETER_PER_PIXEL_X={mpp * 2 ** k}", f"MICROMETER_PER_PIXEL_Y={mpp * 2 ** k}",
+                "IMAGE_FORMAT=PNG", "IMAGE_FILL_COLOR_BGR=16777215",
+                f"DIGITIZER_WIDTH={image_px}", f"DIGITIZER_HEIGHT={image_px}",
+                f"IMAGE_CONCAT_FACTOR={0 if k == 0 else 1}"]
+    (folder / "Slidedat.ini").write_text("\n".join(ini) + "\n")
+    path.write_text("")
+    return path

@@ -40,6 +40,12 @@ class OpenSlideSlide(Slide):
         openslide = import_openslide()
         super().__init__(path)
         self._error = openslide.OpenSlideError
+        if self.path.suffix.lower() == ".mrxs":
+            folder = self.path.with_suffix("")
+            if not (folder / "Slidedat.ini").is_file():
+                raise UserError(f"{self.path}: its data folder {folder.name}/ (with Slidedat.ini) "
+                                "is missing, and OpenSlide reads a .mrxs only with it; copy the "
+                                ".mrxs together with its folder")
         try:
             self._osr = openslide.OpenSlide(str(self.path))
         except openslide.OpenSlideUnsupportedFormatError:
