@@ -17,6 +17,7 @@ from test_slide_support import (
     halve,
     write_leica_scn,
     write_mirax,
+    write_ndpi,
     write_philips_tiff,
     write_svs,
 )
@@ -177,6 +178,24 @@ def test_mirax_without_its_data_or_with_a_cut_data_file_is_one_clear_line(tmp_pa
     with pytest.raises(UserError, match="cut.mrxs: its data folder cut/ .* is missing") as err:
         open_slide(path)
     assert "\n" not in str(err.value)
+
+
+def test_ndpi_slide_is_read_through_openslide_with_its_jpeg_pixels(tmp_path, cmu_pixels):
+    """A Hamamatsu .ndpi: each level one JPEG strip. OpenSlide gives the decoded JPEG of each
+    level exactly, adds its own JPEG-scaled levels below (1/8, 1/16, 1/32) and reads µm/px
+    from the resolution tags."""
+    img = cmu_pixels[:1024, :1536]
+    pyr = [img, halve(img), halve(halve(img))]
+    decoded = write_ndpi(tmp_path / "he.ndpi", pyr, mpp=0.25)
+    with open_slide(tmp_path / "he.ndpi") as s:
+        assert s.backend == "openslide" and s.vendor == "hamamatsu"
+        assert s.mpp == pytest.approx(0.25)
+        assert s.level_downsamples == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
+        for lv in range(3):
+            np.testing.assert_array_equal(s.read_level(lv), decoded[lv])
+        np.testing.assert_array_equal(s.read_region((333, 517), 0, (300, 200)),
+                                      decoded[0][517:717, 333:633])
+        assert np.abs(s.read_level(3).astype(int) - halve(decoded[2]).astype(int)).mean() < 3
 
 
 def test_philips_tiff_is_routed_by_content_and_calibrated_from_its_xml(tmp_path, cmu_pixels):

@@ -168,3 +168,21 @@ def write_mirax(path, pyr: list[np.ndarray], mpp: float, image_px: int = 256,
     (folder / "Slidedat.ini").write_text("\n".join(ini) + "\n")
     path.write_text("")
     return path
+
+
+def write_ndpi(path, pyr: list[np.ndarray], mpp: float, quality: int = 90) -> list[np.ndarray]:
+    """A Hamamatsu NDPI: every level one stripped baseline JPEG, tagged with the NDPI format
+    flag (65420), source lens (65421) and focal plane (65424); µm/px in the resolution tags.
+    Returns each level's JPEG decoded by imagecodecs (what a correct reader must give)."""
+    import imagecodecs
+
+    jpegs = [imagecodecs.jpeg8_encode(a, level=quality) for a in pyr]
+    with tifffile.TiffWriter(path) as tw:
+        for i, (a, jpeg) in enumerate(zip(pyr, jpegs)):
+            ppcm = 1e4 / (mpp * 2 ** i)
+            tw.write(iter([jpeg]), shape=a.shape, dtype=np.uint8, photometric="rgb",
+                     compression="jpeg", rowsperstrip=a.shape[0], metadata=None,
+                     resolution=(ppcm, ppcm), resolutionunit="CENTIMETER",
+                     extratags=[(65420, "I", 1, 1, True), (65421, "f", 1, 20.0, True),
+                                (65424, "i", 1, 0, True)])
+    return [imagecodecs.jpeg8_decode(j) for j in jpegs]
