@@ -20,6 +20,7 @@ from test_slide_support import (
     write_ndpi,
     write_philips_tiff,
     write_svs,
+    write_ventana_bif,
 )
 
 from her2core.errors import UserError
@@ -196,6 +197,20 @@ def test_ndpi_slide_is_read_through_openslide_with_its_jpeg_pixels(tmp_path, cmu
         np.testing.assert_array_equal(s.read_region((333, 517), 0, (300, 200)),
                                       decoded[0][517:717, 333:633])
         assert np.abs(s.read_level(3).astype(int) - halve(decoded[2]).astype(int)).mean() < 3
+
+
+@pytest.mark.parametrize("name", ["he.bif", "he.tif"])
+def test_ventana_bif_is_read_through_openslide_whatever_its_suffix(tmp_path, cmu_pixels, name):
+    """Ventana writes .bif or .tif: the iScan XMP decides. µm/px from its ScanRes."""
+    img = cmu_pixels[:1024, :1536]
+    pyr = [img, halve(img), halve(halve(img))]
+    path = write_ventana_bif(tmp_path / name, pyr, mpp=0.465)
+    assert choose_backend(path) == "openslide"
+    with open_slide(path) as s:
+        assert s.backend == "openslide" and s.vendor == "ventana"
+        assert s.vendor_properties["ventana.ScanRes"] == "0.465" and s.mpp == pytest.approx(0.465)
+        for lv in range(3):
+            np.testing.assert_array_equal(s.read_level(lv), pyr[lv])
 
 
 def test_philips_tiff_is_routed_by_content_and_calibrated_from_its_xml(tmp_path, cmu_pixels):

@@ -186,3 +186,17 @@ def write_ndpi(path, pyr: list[np.ndarray], mpp: float, quality: int = 90) -> li
                      extratags=[(65420, "I", 1, 1, True), (65421, "f", 1, 20.0, True),
                                 (65424, "i", 1, 0, True)])
     return [imagecodecs.jpeg8_decode(j) for j in jpegs]
+
+
+def write_ventana_bif(path, pyr: list[np.ndarray], mpp: float):
+    """A Ventana BIF/TIFF without AOI stitching data: a thumbnail carrying the `iScan` XMP
+    (ScanRes = µm/px), then tiled levels described `level=N mag=M`."""
+    xmp = (f'<?xml version="1.0" encoding="utf-8"?><iScan ScanRes="{mpp}" Magnification="40" '
+           'UnitNumber="her2core"/>').encode()
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(pyr[-1], photometric="rgb", compression="zlib", metadata=None,
+                 description="Thumbnail", extratags=[(700, "B", len(xmp), xmp, True)])
+        for i, a in enumerate(pyr):
+            tw.write(a, tile=(256, 256), photometric="rgb", compression="zlib", metadata=None,
+                     description=f"level={i} mag={40 / 2 ** i:g} quality=95")
+    return path
