@@ -205,3 +205,11 @@ def test_manifest_claims_every_slide_suffix_and_only_dicom_slides(tmp_path):
     ct = tmp_path / "ct.dcm"  # a DICOM file that is not a whole-slide image
     ct.write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)
     assert napari_get_reader(str(ct)) is None
+    pytest.importorskip("pydicom")
+    from test_slide_support import write_dicom_wsi
+
+    img = np.random.default_rng(5).integers(0, 256, (600, 700, 3), dtype=np.uint8)
+    (dcm,) = write_dicom_wsi(tmp_path / "wsi", [img], mpp=0.5)
+    (data, kw, _) = napari_get_reader(str(dcm))(str(dcm))[0]
+    assert kw["scale"] == (0.5, 0.5)
+    np.testing.assert_array_equal(np.asarray(data), img)

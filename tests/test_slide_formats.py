@@ -5,8 +5,8 @@ its pixels, files of the other vendor formats are written the way each scanner l
 out (test_slide_support: multi-level Aperio SVS, 3DHistech MIRAX, Hamamatsu NDPI, Leica
 SCN, Ventana BIF, Philips TIFF, generic pyramidal TIFF) and read back through the
 OpenSlide wheels (openslide-python + openslide-bin), which recognise each as its vendor:
-routing, every level and µm/px are checked on files OpenSlide itself accepts. No DICOM
-WSI file could be made or found in a package here; .dcm is checked by routing only.
+routing, every level and µm/px are checked on files OpenSlide itself accepts. DICOM WSI
+series are written with pydicom (a dev dependency).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import tifffile
 from test_slide_support import (
     cmu_or_skip,
     halve,
+    write_dicom_wsi,
     write_leica_scn,
     write_mirax,
     write_ndpi,
@@ -213,6 +214,23 @@ def test_ventana_bif_is_read_through_openslide_whatever_its_suffix(tmp_path, cmu
         assert s.vendor_properties["ventana.ScanRes"] == "0.465" and s.mpp == pytest.approx(0.465)
         for lv in range(3):
             np.testing.assert_array_equal(s.read_level(lv), pyr[lv])
+
+
+def test_dicom_wsi_series_is_read_through_openslide_from_any_of_its_files(tmp_path,
+                                                                          cmu_pixels):
+    """A DICOM WSI: one file per level, same series; OpenSlide opens the series from any
+    file. µm/px from PixelSpacing (mm) of the shared functional groups."""
+    pytest.importorskip("pydicom")
+    img = cmu_pixels[:1000, :1300]
+    pyr = [img, halve(img), halve(halve(img))]
+    files = write_dicom_wsi(tmp_path / "series", pyr, mpp=0.25)
+    for f in (files[0], files[2]):
+        assert choose_backend(f) == "openslide"
+        with open_slide(f) as s:
+            assert s.backend == "openslide" and s.vendor == "dicom"
+            assert s.mpp == pytest.approx(0.25) and s.level_count == 3
+            for lv in range(3):
+                np.testing.assert_array_equal(s.read_level(lv), pyr[lv])
 
 
 def test_philips_tiff_is_routed_by_content_and_calibrated_from_its_xml(tmp_path, cmu_pixels):

@@ -200,3 +200,61 @@ def write_ventana_bif(path, pyr: list[np.ndarray], mpp: float):
             tw.write(a, tile=(256, 256), photometric="rgb", compression="zlib", metadata=None,
                      description=f"level={i} mag={40 / 2 ** i:g} quality=95")
     return path
+
+
+def write_dicom_wsi(folder, pyr: list[np.ndarray], mpp: float, tile: int = 256) -> list[Path]:
+    """A DICOM WSI series: one VL Whole Slide Microscopy Image file per level (TILED_FULL,
+    native RGB frames, PixelSpacing in mm in the shared functional groups), all in `folder`
+    with one SeriesInstanceUID. Needs pydicom (a dev dependency)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    wsm = "1.2.840.10008.5.1.4.1.1.77.1.6"
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    study, series, frame_of_ref = generate_uid(), generate_uid(), generate_uid()
+    paths = []
+    for k, img in enumerate(pyr):
+        h, w = img.shape[:2]
+        frames = []
+        for r in range(0, h, tile):
+            for c in range(0, w, tile):
+                t = np.full((tile, tile, 3), 255, np.uint8)
+                part = img[r:r + tile, c:c + tile]
+                t[:part.shape[0], :part.shape[1]] = part
+                frames.append(t.tobytes())
+        sop = generate_uid()
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = wsm, sop
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = wsm, sop
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.FrameOfReferenceUID = frame_of_ref
+        ds.Modality, ds.PatientName, ds.PatientID = "SM", "her2core", "0"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
+        ds.Rows = ds.Columns = tile
+        ds.TotalPixelMatrixRows, ds.TotalPixelMatrixColumns = h, w
+        ds.TotalPixelMatrixFocalPlanes = 1
+        ds.NumberOfFrames = len(frames)
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.DimensionOrganizationType = "TILED_FULL"
+        level_mm = mpp * 2 ** k / 1000
+        ds.ImagedVolumeWidth, ds.ImagedVolumeHeight = w * level_mm, h * level_mm
+        ds.ImagedVolumeDepth = 1
+        measures = Dataset()
+        measures.PixelSpacing, measures.SliceThickness = [level_mm, level_mm], 1
+        shared = Dataset()
+        shared.PixelMeasuresSequence = Sequence([measures])
+        ds.SharedFunctionalGroupsSequence = Sequence([shared])
+        optical = Dataset()
+        optical.OpticalPathIdentifier = "1"
+        ds.OpticalPathSequence = Sequence([optical])
+        ds.PixelData = b"".join(frames)
+        path = folder / f"level{k}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
