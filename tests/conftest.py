@@ -33,3 +33,7 @@ def _torch_threads():
     except ImportError:  # pragma: no cover
         return
     torch.set_num_threads(int(os.environ.get("TORCH_NUM_THREADS", "2")))
+    # The first optimiser imports torch._dynamo, which loads triton's LLVM; loaded after a
+    # napari canvas has put Mesa's llvmpipe (also LLVM) in the process, that segfaults (with
+    # PyQt5 and Qt 6 alike, e.g. test_napari_widgets.py run on its own). Load it first.
+    import torch._dynamo

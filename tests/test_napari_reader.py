@@ -147,7 +147,21 @@ def test_vendor_svs_opens_through_openslide_as_lazy_multiscale_in_microns(tmp_pa
     assert halve(pyr[0]).shape == pyr[1].shape
 
 
-def test_mrxs_and_ndpi_are_claimed_and_opened_through_openslide(tmp_path):
+def test_mrxs_opens_as_a_lazy_multiscale_layer_through_openslide(tmp_path):
+    from test_slide_support import halve, write_mirax
+
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (768, 1024, 3), dtype=np.uint8)
+    pyr = [img, halve(img), halve(halve(img))]
+    path = write_mirax(tmp_path / "he.mrxs", pyr, mpp=0.243)
+    (levels, kw, _) = napari_get_reader(str(path))(str(path))[0]
+    assert kw["multiscale"] and kw["scale"] == (0.243, 0.243) and kw["name"] == "he"
+    assert [d.shape for d in levels] == [a.shape for a in pyr]
+    np.testing.assert_array_equal(np.asarray(levels[1]), pyr[1])
+    np.testing.assert_array_equal(np.asarray(levels[0][100:400, 500:900]), img[100:400, 500:900])
+
+
+def test_unreadable_mrxs_and_ndpi_are_openslides_one_line(tmp_path):
     """A .mrxs/.ndpi path is routed to OpenSlide: an unreadable one is OpenSlide's one-line
     refusal naming the file (it used to import a missing `open_openslide` and ask for an extra
     that was installed)."""
@@ -191,3 +205,11 @@ def test_manifest_claims_every_slide_suffix_and_only_dicom_slides(tmp_path):
     ct = tmp_path / "ct.dcm"  # a DICOM file that is not a whole-slide image
     ct.write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)
     assert napari_get_reader(str(ct)) is None
+    pytest.importorskip("pydicom")
+    from test_slide_support import write_dicom_wsi
+
+    img = np.random.default_rng(5).integers(0, 256, (600, 700, 3), dtype=np.uint8)
+    (dcm,) = write_dicom_wsi(tmp_path / "wsi", [img], mpp=0.5)
+    (data, kw, _) = napari_get_reader(str(dcm))(str(dcm))[0]
+    assert kw["scale"] == (0.5, 0.5)
+    np.testing.assert_array_equal(np.asarray(data), img)

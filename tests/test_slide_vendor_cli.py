@@ -14,7 +14,7 @@ import json
 import numpy as np
 import pytest
 from test_inference_support import ConvNet
-from test_slide_support import cmu_or_skip, write_svs
+from test_slide_support import cmu_or_skip, write_mirax, write_svs
 
 from her2core.cli import main as her2
 from her2core.slide import open_slide
@@ -102,6 +102,23 @@ def test_translate_slide_gives_the_same_virtual_her2_as_from_an_ome_copy(vendor_
     b = translate_slide(ConvNet(), ome, tmp_path / "ome.ome.tif", **kw)
     with open_slide(a) as va, open_slide(b) as vb:
         assert va.mpp == pytest.approx(0.998) and va.origin_xy == vb.origin_xy == (300.0, 500.0)
+        np.testing.assert_array_equal(va.read_level(0), vb.read_level(0))
+
+
+def test_translate_slide_on_a_mirax_slide(vendor_case, tmp_path):
+    """The same CMU-1 pixels as a 3DHistech .mrxs: same virtual HER2 as from the .svs."""
+    from her2core.inference.slide import translate_slide
+
+    cmu, _, _ = vendor_case
+    with open_slide(cmu) as s:
+        img = s.read_level(0)[:2816, :2048]
+    mrxs = write_mirax(tmp_path / "he.mrxs", [img], mpp=0.499)
+    kw = {"region": (300, 500, 700, 520), "work_mpp": 0.998, "tile": 128, "overlap": 32,
+          "progress": False}
+    a = translate_slide(ConvNet(), mrxs, tmp_path / "mrxs.ome.tif", **kw)
+    b = translate_slide(ConvNet(), cmu, tmp_path / "svs.ome.tif", **kw)
+    with open_slide(a) as va, open_slide(b) as vb:
+        assert va.mpp == pytest.approx(0.998)
         np.testing.assert_array_equal(va.read_level(0), vb.read_level(0))
 
 

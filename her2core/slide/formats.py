@@ -49,9 +49,9 @@ def choose_backend(path: str | Path) -> str:
     tiff = _tiff_facts(path)
     if tiff is not None and tiff["ome"]:
         return "tifffile"
-    vendor, os_levels = _openslide_facts(path)
     if name.endswith(".svs"):
         return "openslide"
+    vendor, os_levels = _openslide_facts(path)
     if vendor is None:
         return "tifffile"  # not a slide OpenSlide knows: tifffile reads it or says why not
     if vendor != "generic-tiff":

@@ -19,6 +19,7 @@ from her2core.slide.base import Slide
 from her2core.slide.mpp import vendor_mpp
 
 _DEFAULT_TILE = 512
+_MAX_CHUNK = 2048
 
 
 def import_openslide():
@@ -40,6 +41,12 @@ class OpenSlideSlide(Slide):
         openslide = import_openslide()
         super().__init__(path)
         self._error = openslide.OpenSlideError
+        if self.path.suffix.lower() == ".mrxs":
+            folder = self.path.with_suffix("")
+            if not (folder / "Slidedat.ini").is_file():
+                raise UserError(f"{self.path}: its data folder {folder.name}/ (with Slidedat.ini) "
+                                "is missing, and OpenSlide reads a .mrxs only with it; copy the "
+                                ".mrxs together with its folder")
         try:
             self._osr = openslide.OpenSlide(str(self.path))
         except openslide.OpenSlideUnsupportedFormatError:
@@ -47,8 +54,8 @@ class OpenSlideSlide(Slide):
                             "truncated or damaged, or not .mrxs .ndpi .svs .scn .bif .vms .vmu "
                             ".svslide, DICOM or pyramidal TIFF") from None
         except openslide.OpenSlideError as exc:
-            raise UserError(f"{self.path}: OpenSlide cannot open it ({exc}); the file is "
-                            "truncated or damaged, or (.mrxs) its data folder is missing") from None
+            raise UserError(f"{self.path}: OpenSlide cannot open it ({exc}); the file (or a .mrxs's "
+                            "data folder) is truncated or damaged, copy it again") from None
         props = dict(self._osr.properties)
         self.vendor_properties = props
         self.vendor = props.get("openslide.vendor", "")
@@ -66,8 +73,8 @@ class OpenSlideSlide(Slide):
         p = self.vendor_properties
         th = int(p.get(f"openslide.level[{level}].tile-height", 0) or 0)
         tw = int(p.get(f"openslide.level[{level}].tile-width", 0) or 0)
-        # tiny vendor tiles make napari/dask graphs huge: read at least 512 px at a time
-        return max(th, _DEFAULT_TILE), max(tw, _DEFAULT_TILE)
+        # tiny vendor tiles make napari/dask graphs huge, whole-strip hints make chunks huge
+        return (min(max(th, _DEFAULT_TILE), _MAX_CHUNK), min(max(tw, _DEFAULT_TILE), _MAX_CHUNK))
 
     def level_array(self, level: int = 0) -> OpenSlideLevel:
         return OpenSlideLevel(self, level)
