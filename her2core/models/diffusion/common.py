@@ -1,4 +1,4 @@
-"""Small pieces the three diffusion frameworks share: seeded noise, EMA shadows, autocast."""
+"""Small pieces the three diffusion frameworks share: seeded noise, EMA shadows, tile resizing, chunks."""
 
 from __future__ import annotations
 
