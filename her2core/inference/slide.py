@@ -24,6 +24,9 @@ blends and writes. The bytes equal those of one process.
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +45,7 @@ from her2core.inference.region import (
     roi_geometry,
 )
 from her2core.inference.workdir import WorkDir
+from her2core.slide.writer import default_workers
 
 FORMAT_VERSION = 1
 DEFAULT_TILE = 512
@@ -97,13 +101,14 @@ def translate_slide(run, slide_path: str | Path, out_path: str | Path, *,
                     overwrite: bool = False, device=None, precision: str = "auto",
                     progress: bool = True, callback: Callable[[int, int], Any] | None = None,
                     team: Team | None = None, leader: int = 0, pyramid_tile: int = 256,
-                    read_workers: int = 2) -> Path | None:
+                    workers: int | None = None) -> Path | None:
     """Translate a region (or the ROI's box, or the whole slide) into a virtual HER2 OME-TIFF.
 
     `run`: a run folder, a framework, or a `Translator`. `roi`: GeoJSON path, a list of
     features, or a shapely geometry (level-0 (x, y)); outside its polygons the output is white.
     `region`: level-0 (x, y, w, h). `callback(done, total)` after each tile may raise to cancel
-    (rerun to resume). Returns the output path on the leader rank, None on the others.
+    (rerun to resume). `workers`: threads that read tiles, and as many that blend and encode
+    (default: the cores, up to 8). Returns the output path on the leader rank, None on the others.
     """
     from her2core.inference.model import load_translator
     from her2core.slide import open_slide
@@ -145,33 +150,30 @@ def translate_slide(run, slide_path: str | Path, out_path: str | Path, *,
         n_rows = plan.rows.count
         mine = [k for k in range(first_block, n_rows) if team.owns(k)]
         todo = [k for k in mine if not wd.row_done(k)]
+        workers = workers or default_workers()
+        # the leader blends block rows and streams them into the pyramid as tile rows are
+        # committed (in a background thread when alone; after the barrier with several ranks)
+        finisher = _Finisher(plan, wd, out_path, _output_properties(plan, translator, slide_path),
+                             workers=workers, pyramid_tile=pyramid_tile,
+                             background=team.world == 1) if is_leader else None
         bar = Progress(len(mine) * plan.cols.count, (len(mine) - len(todo)) * plan.cols.count,
                        desc=f"translate {Path(slide_path).name}", bar=progress, callback=callback)
-        # one process: blend finished block rows in a background thread while the model
-        # works on the next rows (numpy releases the GIL); ranks blend after the barrier
-        blender = ThreadPoolExecutor(1, thread_name_prefix="her2-blend") if team.world == 1 else None
-        blends: list = []
         try:
-            for _ in _translate_rows(slide, plan, translator, wd, todo, batch_size, seed, bar,
-                                     read_workers):
-                if blender is not None:
-                    blends.append(blender.submit(_blend_ready, plan, wd))
-                    while blends and blends[0].done():
-                        blends.pop(0).result()  # surface a blending error early
-        finally:
-            bar.close()
-            if blender is not None:
-                blender.shutdown(wait=True)
-        for f in blends:
-            f.result()
-        team.barrier()
-        if not is_leader:
-            return None
-        _blend_ready(plan, wd)
-        if wd.blocks_done() < n_rows:  # pragma: no cover - would be a journal bug
-            raise RuntimeError(f"{wd.path}: tile rows missing after translation; delete it and rerun")
-        return _write_output(plan, wd, out_path, translator, Path(slide_path), progress,
-                             pyramid_tile)
+            try:
+                for k in _translate_rows(slide, plan, translator, wd, todo, batch_size, seed, bar,
+                                         workers):
+                    if finisher is not None and team.world == 1:
+                        finisher.row_committed(k)  # raises a blending/writing error early
+            finally:
+                bar.close()
+            team.barrier()
+            if finisher is None:
+                return None
+            return finisher.finish()
+        except BaseException:
+            if finisher is not None:
+                finisher.abort()
+            raise
 
 
 # --------------------------------------------------------------------------- internals
@@ -217,7 +219,7 @@ def _prefetch(items: Iterable, fn: Callable, ahead: int, workers: int) -> Iterat
 
 
 def _translate_rows(slide, plan: RegionPlan, translator, wd: WorkDir, rows: list[int],
-                    batch_size: int, seed: int, bar: Progress, read_workers: int) -> Iterator[int]:
+                    batch_size: int, seed: int, bar: Progress, workers: int) -> Iterator[int]:
     """Translate the given tile rows into row files; yields each row index once it is committed."""
     n_cols = plan.cols.count
     glass = TissueIndex(slide)
@@ -233,7 +235,7 @@ def _translate_rows(slide, plan: RegionPlan, translator, wd: WorkDir, rows: list
         return k, j, (None if is_background(img) else img)
 
     items = ((k, j) for k in rows for j in range(n_cols))
-    reader = _prefetch(items, read, ahead=2 * batch_size + 2, workers=read_workers)
+    reader = _prefetch(items, read, ahead=2 * batch_size + 2 * workers, workers=workers)
     try:
         for k in rows:
             row = _RowAssembler(wd.open_row(k), translator, batch_size=batch_size, bar=bar,
@@ -298,58 +300,111 @@ class _RowAssembler:
         self.writer.abort()
 
 
-def _blend_ready(plan: RegionPlan, wd: WorkDir) -> None:
-    """Blend every output block row whose two tile rows exist; drop rows no longer needed."""
-    rows, cols = plan.rows, plan.cols
-    h, w = rows.length, cols.length
-    raw = wd.raw_image(h, w)
-    m = wd.blocks_done()
-    while m < rows.count:
-        need = [m] + ([m + 1] if m + 1 < rows.count else [])
-        if not all(wd.row_done(k) for k in need):
-            return
-        r = rows.block(m)
-        if r[1] > r[0]:
-            tiles = _TileCache(wd, plan.tile)
-            for j in range(cols.count):
-                c = cols.block(j)
-                if c[1] > c[0]:
-                    ks, js = rows.tiles_for(*r), cols.tiles_for(*c)
-                    if all(tiles.is_white(k, jj) for k in ks for jj in js):
-                        block = np.full((r[1] - r[0], c[1] - c[0], 3), 255, np.uint8)
-                    else:
-                        block = _blend_one(plan, r, c, tiles.get)
-                    raw.write(r[0], c[0], block)
-                tiles.forget_before(j + 1)
-        m += 1
-        wd.set_blocks_done(m)
-        wd.drop_row(m - 1)
+class _Finisher:
+    """Output block rows blended as soon as their two tile rows are committed, and streamed
+    into the pyramid at once, so the output is finished with the last block row.
 
+    A block row's column blocks are blended by `workers` threads (numpy releases the GIL);
+    the pyramid's tiles are encoded by as many more. Block rows are made final in order, and
+    `blocks_done` is advanced only after a block row is in the raw file (the journal).
+    """
 
-class _TileCache:
-    """Translated tiles read back from row files; column block j needs columns j and j+1 only."""
+    def __init__(self, plan: RegionPlan, wd: WorkDir, out_path: Path, properties: dict, *,
+                 workers: int, pyramid_tile: int, background: bool):
+        from her2core.slide.writer import PyramidStream
 
-    def __init__(self, wd: WorkDir, tile: int):
-        self.wd, self.tile, self.tiles, self.rows = wd, tile, {}, {}
-        self.white = np.full((tile, tile, 3), 255, dtype=np.uint8)
+        self.plan, self.wd = plan, wd
+        self.raw = wd.raw_image(plan.rows.length, plan.cols.length)
+        self.m = wd.blocks_done()
+        self.white = np.full((plan.tile, plan.tile, 3), 255, np.uint8)
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="her2-blend")
+        self.stream = PyramidStream(out_path, self.raw, mpp=plan.work_mpp, tile=pyramid_tile,
+                                    origin_xy=(float(plan.x0), float(plan.y0)),
+                                    properties=properties, workers=workers)
+        # a resumed job: the block rows already final go into the pyramid first
+        self.stream.advance(plan.rows.block(self.m - 1)[1] if self.m > 0 else 0)
+        self.error: BaseException | None = None
+        self._commits: queue.Queue = queue.Queue()
+        self._thread = None
+        if background:
+            self._thread = threading.Thread(target=self._run, name="her2-finish", daemon=True)
+            self._thread.start()
 
-    def _row(self, k: int):
-        if k not in self.rows:
-            self.rows[k] = self.wd.read_row(k, self.tile)
-        return self.rows[k]
+    def row_committed(self, k: int) -> None:
+        if self.error is not None:
+            raise self.error
+        self._commits.put(k)
 
-    def is_white(self, k: int, j: int) -> bool:
-        return self._row(k).is_white(j)
+    def _run(self) -> None:
+        try:
+            while self._commits.get() is not None:
+                self.blend_ready()
+        except BaseException as exc:  # noqa: BLE001 - raised in the main thread
+            self.error = exc
 
-    def get(self, k: int, j: int) -> np.ndarray:
-        if (k, j) not in self.tiles:
-            t = self._row(k).tile_at(j)
-            self.tiles[(k, j)] = self.white if t is None else t
-        return self.tiles[(k, j)]
+    def _stop_thread(self) -> None:
+        if self._thread is not None:
+            self._commits.put(None)
+            self._thread.join()
+            self._thread = None
+        if self.error is not None:
+            raise self.error
 
-    def forget_before(self, j: int) -> None:
-        for key in [key for key in self.tiles if key[1] < j]:
-            del self.tiles[key]
+    def blend_ready(self) -> None:
+        """Blend every block row whose two tile rows exist, in order; drop rows no longer needed."""
+        rows, cols, wd = self.plan.rows, self.plan.cols, self.wd
+        while self.m < rows.count:
+            m = self.m
+            if not all(wd.row_done(k) for k in (m, m + 1) if k < rows.count):
+                return
+            r = rows.block(m)
+            if r[1] > r[0]:
+                readers = {k: wd.read_row(k, self.plan.tile) for k in rows.tiles_for(*r)}
+                blocks = [self.pool.submit(self._blend_column, r, j, readers)
+                          for j in range(cols.count) if cols.block(j)[1] > cols.block(j)[0]]
+                for f in blocks:
+                    f.result()
+            self.m = m + 1
+            wd.set_blocks_done(self.m)
+            wd.drop_row(m)
+            self.stream.advance(r[1])
+
+    def _blend_column(self, r: tuple[int, int], j: int, readers: dict) -> None:
+        plan = self.plan
+        c = plan.cols.block(j)
+        ks, js = plan.rows.tiles_for(*r), plan.cols.tiles_for(*c)
+        if all(readers[k].is_white(jj) for k in ks for jj in js):
+            block = np.full((r[1] - r[0], c[1] - c[0], 3), 255, np.uint8)
+        else:
+            tiles: dict = {}
+
+            def get(k: int, jj: int) -> np.ndarray:
+                if (k, jj) not in tiles:
+                    t = readers[k].tile_at(jj)
+                    tiles[(k, jj)] = self.white if t is None else t
+                return tiles[(k, jj)]
+
+            block = _blend_one(plan, r, c, get)
+        self.raw.write(r[0], c[0], block)
+
+    def finish(self) -> Path:
+        """After every tile row is committed: the last blends, the finished output."""
+        self._stop_thread()
+        self.blend_ready()
+        if self.m < self.plan.rows.count:  # pragma: no cover - would be a journal bug
+            raise RuntimeError(f"{self.wd.path}: tile rows missing after translation; "
+                               "delete it and rerun")
+        self.pool.shutdown()
+        out = self.stream.close()
+        self.wd.remove()
+        return out
+
+    def abort(self) -> None:
+        """Stop blending (the journal stays consistent) and drop the half-written pyramid."""
+        with contextlib.suppress(BaseException):  # the caller's exception is the one to raise
+            self._stop_thread()
+        self.pool.shutdown(cancel_futures=True)
+        self.stream.abort()
 
 
 def _blend_one(plan: RegionPlan, r, c, get_tile) -> np.ndarray:
@@ -362,15 +417,10 @@ def _blend_one(plan: RegionPlan, r, c, get_tile) -> np.ndarray:
     return block
 
 
-def _write_output(plan: RegionPlan, wd: WorkDir, out_path: Path, translator, slide_path: Path,
-                  progress: bool, pyramid_tile: int) -> Path:
-    from her2core.slide import write_pyramid
-
-    w, h = plan.out_size
-    raw = wd.raw_image(h, w)
-    props = {
+def _output_properties(plan: RegionPlan, translator, slide_path: Path) -> dict:
+    return {
         "kind": "virtual_her2",
-        "source_slide": slide_path.name,
+        "source_slide": Path(slide_path).name,
         "model": translator.name,
         "run": translator.run_name,
         "weights_sha256": translator.fingerprint,
@@ -379,26 +429,3 @@ def _write_output(plan: RegionPlan, wd: WorkDir, out_path: Path, translator, sli
         "roi": plan.roi_wkb is not None,
         **{k: v for k, v in plan.describe().items() if k != "roi_sha256"},
     }
-    bar = None
-    cb = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(desc=f"write {out_path.name}", unit="tile", dynamic_ncols=True)
-
-        def cb(done, total):
-            bar.total = total
-            bar.n = done
-            if done == total or done % 64 == 0:
-                bar.refresh()
-
-    try:
-        write_pyramid(out_path, raw, mpp=plan.work_mpp, tile=pyramid_tile,
-                      origin_xy=(float(plan.x0), float(plan.y0)), properties=props,
-                      progress=cb)
-    finally:
-        if bar is not None:
-            bar.close()
-    wd.remove()
-    return out_path
-
