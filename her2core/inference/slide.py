@@ -309,6 +309,8 @@ class _Finisher:
     `blocks_done` is advanced only after a block row is in the raw file (the journal).
     """
 
+    AHEAD = 1  # tile rows the model may be ahead of blending
+
     def __init__(self, plan: RegionPlan, wd: WorkDir, out_path: Path, properties: dict, *,
                  workers: int, pyramid_tile: int, background: bool):
         from her2core.slide.writer import PyramidStream
@@ -324,6 +326,7 @@ class _Finisher:
         # a resumed job: the block rows already final go into the pyramid first
         self.stream.advance(plan.rows.block(self.m - 1)[1] if self.m > 0 else 0)
         self.error: BaseException | None = None
+        self._progress = threading.Condition()
         self._commits: queue.Queue = queue.Queue()
         self._thread = None
         if background:
@@ -331,9 +334,14 @@ class _Finisher:
             self._thread.start()
 
     def row_committed(self, k: int) -> None:
+        """Tile row k is in the journal; returns once blending is at most `AHEAD` rows behind
+        (so row files on disk stay few, and the output is finished soon after the last tile)."""
+        self._commits.put(k)
+        with self._progress:
+            while k - self.m > self.AHEAD and self.error is None and self._thread.is_alive():
+                self._progress.wait(0.5)
         if self.error is not None:
             raise self.error
-        self._commits.put(k)
 
     def _run(self) -> None:
         try:
@@ -364,10 +372,12 @@ class _Finisher:
                           for j in range(cols.count) if cols.block(j)[1] > cols.block(j)[0]]
                 for f in blocks:
                     f.result()
-            self.m = m + 1
-            wd.set_blocks_done(self.m)
+            wd.set_blocks_done(m + 1)
             wd.drop_row(m)
             self.stream.advance(r[1])
+            with self._progress:
+                self.m = m + 1
+                self._progress.notify_all()
 
     def _blend_column(self, r: tuple[int, int], j: int, readers: dict) -> None:
         plan = self.plan

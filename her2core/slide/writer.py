@@ -68,10 +68,9 @@ def halve(block: np.ndarray, rows: int, cols: int) -> np.ndarray:
         b = np.concatenate([b, b[-1:]], axis=0)
     if b.shape[1] < 2 * cols:
         b = np.concatenate([b, b[:, -1:]], axis=1)
-    s = b[0::2, 0::2].astype(np.uint16)
-    s += b[1::2, 0::2]
-    s += b[0::2, 1::2]
-    s += b[1::2, 1::2]
+    s = np.add(b[0:2 * rows:2], b[1:2 * rows:2], dtype=np.uint16)  # row pairs, then column pairs
+    s = s[:, :2 * cols].reshape(rows, cols, 6)
+    s = s[..., :3] + s[..., 3:]
     s += 2
     s >>= 2
     return s.astype(np.uint8)
@@ -166,7 +165,9 @@ class PyramidStream:
         self._row_futures: list[dict[int, list[Future]]] = [{} for _ in self.shapes]
         self._queue: queue.Queue = queue.Queue()
         workers = workers or default_workers()
-        self._slots = threading.Semaphore(64 * workers)  # encoded tiles not yet written
+        # tiles queued but not yet written: about one level-0 tile row, so that the file is
+        # finished soon after the last row is final (and memory stays a few tiles)
+        self._slots = threading.Semaphore(max(8 * workers, self.grid[0][1]))
         self._error: BaseException | None = None
         self._aborted = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
