@@ -236,9 +236,12 @@ def _translate_rows(slide, plan: RegionPlan, translator, wd: WorkDir, rows: list
 
     items = ((k, j) for k in rows for j in range(n_cols))
     reader = _prefetch(items, read, ahead=2 * batch_size + 2 * workers, workers=workers)
+    # row files are written by a thread of their own, so the model's thread goes straight
+    # back to the next batch (on a GPU: the device does not wait for the disk)
+    io = ThreadPoolExecutor(1, thread_name_prefix="her2-rows")
     try:
         for k in rows:
-            row = _RowAssembler(wd.open_row(k), translator, batch_size=batch_size, bar=bar,
+            row = _RowAssembler(wd.open_row(k), translator, batch_size=batch_size, bar=bar, io=io,
                                 batch_seed_of=lambda b, k=k: batch_seed(seed, k, b))
             try:
                 for _ in range(n_cols):
@@ -252,13 +255,16 @@ def _translate_rows(slide, plan: RegionPlan, translator, wd: WorkDir, rows: list
             yield k
     finally:
         reader.close()
+        io.shutdown()
 
 
 class _RowAssembler:
     """One tile row: batches tissue tiles through the model, writes all tiles in column order."""
 
-    def __init__(self, writer, translator, *, batch_seed_of, batch_size: int, bar: Progress):
-        self.writer, self.translator, self.bar = writer, translator, bar
+    def __init__(self, writer, translator, *, batch_seed_of, batch_size: int, bar: Progress,
+                 io: ThreadPoolExecutor):
+        self.writer, self.translator, self.bar, self.io = writer, translator, bar, io
+        self.writes: deque = deque()
         self.batch_seed_of, self.batch_size = batch_seed_of, batch_size
         self.ready: dict[int, np.ndarray | None] = {}
         self.next_j = 0
@@ -287,17 +293,23 @@ class _RowAssembler:
 
     def _flush(self) -> None:
         while self.next_j in self.ready:
-            self.writer.write(self.ready.pop(self.next_j))
+            self.writes.append(self.io.submit(self.writer.write, self.ready.pop(self.next_j)))
             self.next_j += 1
+        while self.writes and self.writes[0].done():
+            self.writes.popleft().result()  # a disk error surfaces here
 
     def commit(self) -> None:
         if self.batch:
             self._run()
         self._flush()
-        self.writer.commit()
+        self.io.submit(self.writer.commit).result()  # after the row's writes (one thread: FIFO)
+        while self.writes:
+            self.writes.popleft().result()
 
     def abort(self) -> None:
-        self.writer.abort()
+        for f in self.writes:
+            f.cancel()
+        self.io.submit(self.writer.abort).result()
 
 
 class _Finisher:

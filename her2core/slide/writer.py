@@ -88,10 +88,12 @@ def tile_encoder(compression: str | None) -> Callable[[np.ndarray], bytes]:
 
 
 class RawImage:
-    """A raw (H, W, 3) uint8 file, sliceable like an array, mapped one band at a time.
+    """A raw (H, W, 3) uint8 file, sliceable like an array (rows, then columns), read and
+    written with positioned I/O.
 
-    Each read or write maps only the rows it needs and unmaps them again, so resident
-    memory does not grow with the image. Threads may read and write disjoint parts at once.
+    Nothing is mapped, so resident memory does not grow with the image, and threads may read
+    and write disjoint parts at once. Writes land in the page cache at once: a killed process
+    leaves them for the next one (no sync per write; that cost ~18 ms a block).
     """
 
     dtype = np.dtype(np.uint8)
@@ -105,11 +107,6 @@ class RawImage:
             with open(self.path, "ab") as f:
                 f.truncate(size)  # sparse: unwritten parts read as zeros
 
-    def _band(self, r0: int, r1: int, mode: str) -> np.memmap:
-        w = self.shape[1]
-        return np.memmap(self.path, dtype=np.uint8, mode=mode, offset=r0 * w * 3,
-                         shape=(r1 - r0, w, 3))
-
     def __getitem__(self, key) -> np.ndarray:
         if not isinstance(key, tuple):
             key = (key,)
@@ -117,19 +114,54 @@ class RawImage:
         r0, r1, step = rows.indices(self.shape[0])
         if step != 1:
             raise IndexError("RawImage supports contiguous row slices only")
-        if r1 <= r0:
-            return np.zeros((0,) + tuple(self.shape[1:]), dtype=np.uint8)[tuple(key[1:])]
-        band = self._band(r0, r1, "r")
-        out = np.array(band[(slice(None),) + tuple(key[1:])])
-        del band
+        cols = key[1] if len(key) > 1 else slice(None)
+        if isinstance(cols, slice) and cols.step in (None, 1):
+            c0, c1, _ = cols.indices(self.shape[1])
+            out = self._read(r0, max(r0, r1), c0, max(c0, c1))[(slice(None), slice(None)) + key[2:]]
+        else:
+            out = self._read(r0, max(r0, r1), 0, self.shape[1])[(slice(None),) + key[1:]]
         return out if isinstance(key[0], slice) else out[0]
 
+    def _read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        w = self.shape[1]
+        out = np.empty((r1 - r0, c1 - c0, 3), dtype=np.uint8)
+        if out.size == 0:
+            return out
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            if c0 == 0 and c1 == w:  # whole rows: one contiguous read
+                _positioned(os.preadv, fd, out, r0 * w * 3)
+            else:
+                for i in range(r1 - r0):
+                    _positioned(os.preadv, fd, out[i], ((r0 + i) * w + c0) * 3)
+        finally:
+            os.close(fd)
+        return out
+
     def write(self, r0: int, c0: int, block: np.ndarray) -> None:
-        band = self._band(r0, r0 + block.shape[0], "r+")
-        band[:, c0:c0 + block.shape[1]] = block
-        # no msync: a shared mapping's writes are in the page cache at once, so a killed
-        # process resumes from them; syncing every block to disk cost ~18 ms each
-        del band
+        """`block` (h, w, 3) uint8 at rows r0.., columns c0.."""
+        w = self.shape[1]
+        block = np.ascontiguousarray(block, dtype=np.uint8)
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            if c0 == 0 and block.shape[1] == w:
+                _positioned(os.pwritev, fd, block, r0 * w * 3)
+            else:
+                for i in range(block.shape[0]):
+                    _positioned(os.pwritev, fd, block[i], ((r0 + i) * w + c0) * 3)
+        finally:
+            os.close(fd)
+
+
+def _positioned(io, fd: int, arr: np.ndarray, offset: int) -> None:
+    """os.preadv / os.pwritev of all of `arr`'s bytes at `offset` (short transfers continued)."""
+    view = memoryview(arr).cast("B")
+    done = 0
+    while done < len(view):
+        n = io(fd, [view[done:]], offset + done)
+        if n <= 0:
+            raise OSError(f"short {'read' if io is os.preadv else 'write'} at byte {offset + done}")
+        done += n
 
 
 class _Aborted(Exception):
