@@ -47,7 +47,7 @@ from her2core.inference.region import (
 from her2core.inference.workdir import WorkDir
 from her2core.slide.writer import default_workers
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the raw output is stored inverted (unwritten = white)
 DEFAULT_TILE = 512
 DEFAULT_OVERLAP = 64
 
@@ -239,10 +239,12 @@ def _translate_rows(slide, plan: RegionPlan, translator, wd: WorkDir, rows: list
     # row files are written by a thread of their own, so the model's thread goes straight
     # back to the next batch (on a GPU: the device does not wait for the disk)
     io = ThreadPoolExecutor(1, thread_name_prefix="her2-rows")
+    staging = _pinned_staging(translator, batch_size, plan.tile)
     try:
         for k in rows:
             row = _RowAssembler(wd.open_row(k), translator, batch_size=batch_size, bar=bar, io=io,
-                                batch_seed_of=lambda b, k=k: batch_seed(seed, k, b))
+                                batch_seed_of=lambda b, k=k: batch_seed(seed, k, b),
+                                staging=staging)
             try:
                 for _ in range(n_cols):
                     kk, j, img = next(reader)
@@ -258,12 +260,27 @@ def _translate_rows(slide, plan: RegionPlan, translator, wd: WorkDir, rows: list
         io.shutdown()
 
 
+def _pinned_staging(translator, batch_size: int, tile: int) -> np.ndarray | None:
+    """A page-locked (N, T, T, 3) uint8 buffer that batches are stacked into when the model is
+    on a CUDA device: the host-to-device copy then goes straight from it (no staging copy)."""
+    device = getattr(translator, "device", None)
+    if getattr(device, "type", None) != "cuda":
+        return None
+    import torch
+
+    try:
+        return torch.empty((batch_size, tile, tile, 3), dtype=torch.uint8, pin_memory=True).numpy()
+    except RuntimeError:  # pragma: no cover - no page-locked memory to be had
+        return None
+
+
 class _RowAssembler:
     """One tile row: batches tissue tiles through the model, writes all tiles in column order."""
 
     def __init__(self, writer, translator, *, batch_seed_of, batch_size: int, bar: Progress,
-                 io: ThreadPoolExecutor):
+                 io: ThreadPoolExecutor, staging: np.ndarray | None = None):
         self.writer, self.translator, self.bar, self.io = writer, translator, bar, io
+        self.staging = staging  # reused per batch: the model returns new arrays on CUDA
         self.writes: deque = deque()
         self.batch_seed_of, self.batch_size = batch_seed_of, batch_size
         self.ready: dict[int, np.ndarray | None] = {}
@@ -283,8 +300,10 @@ class _RowAssembler:
         self._flush()
 
     def _run(self) -> None:
-        out = self.translator(np.stack([img for _, img in self.batch]),
-                              self.batch_seed_of(self.n_batches))
+        imgs = [img for _, img in self.batch]
+        batch = (np.stack(imgs) if self.staging is None else
+                 np.stack(imgs, out=self.staging[:len(imgs)]))
+        out = self.translator(batch, self.batch_seed_of(self.n_batches))
         self.n_batches += 1
         for (j, _), o in zip(self.batch, out):
             self.ready[j] = o
@@ -396,18 +415,16 @@ class _Finisher:
         c = plan.cols.block(j)
         ks, js = plan.rows.tiles_for(*r), plan.cols.tiles_for(*c)
         if all(readers[k].is_white(jj) for k in ks for jj in js):
-            block = np.full((r[1] - r[0], c[1] - c[0], 3), 255, np.uint8)
-        else:
-            tiles: dict = {}
+            return  # the raw file reads white where nothing was written
+        tiles: dict = {}
 
-            def get(k: int, jj: int) -> np.ndarray:
-                if (k, jj) not in tiles:
-                    t = readers[k].tile_at(jj)
-                    tiles[(k, jj)] = self.white if t is None else t
-                return tiles[(k, jj)]
+        def get(k: int, jj: int) -> np.ndarray:
+            if (k, jj) not in tiles:
+                t = readers[k].tile_at(jj)
+                tiles[(k, jj)] = self.white if t is None else t
+            return tiles[(k, jj)]
 
-            block = _blend_one(plan, r, c, get)
-        self.raw.write(r[0], c[0], block)
+        self.raw.write(r[0], c[0], _blend_one(plan, r, c, get))
 
     def finish(self) -> Path:
         """After every tile row is committed: the last blends, the finished output."""

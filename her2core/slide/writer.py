@@ -91,9 +91,11 @@ class RawImage:
     """A raw (H, W, 3) uint8 file, sliceable like an array (rows, then columns), read and
     written with positioned I/O.
 
-    Nothing is mapped, so resident memory does not grow with the image, and threads may read
-    and write disjoint parts at once. Writes land in the page cache at once: a killed process
-    leaves them for the next one (no sync per write; that cost ~18 ms a block).
+    Stored inverted (255 - value), so the file starts sparse and all white: glass and the
+    outside of an ROI need no writes and no disk. Nothing is mapped, so resident memory does
+    not grow with the image, and threads may read and write disjoint parts at once. Writes
+    land in the page cache at once: a killed process leaves them for the next one (no sync
+    per write; that cost ~18 ms a block).
     """
 
     dtype = np.dtype(np.uint8)
@@ -105,7 +107,7 @@ class RawImage:
         size = int(np.prod(self.shape))
         if not self.path.exists() or self.path.stat().st_size != size:
             with open(self.path, "ab") as f:
-                f.truncate(size)  # sparse: unwritten parts read as zeros
+                f.truncate(size)  # sparse: unwritten parts read as zeros, i.e. white
 
     def __getitem__(self, key) -> np.ndarray:
         if not isinstance(key, tuple):
@@ -136,12 +138,12 @@ class RawImage:
                     _positioned(os.preadv, fd, out[i], ((r0 + i) * w + c0) * 3)
         finally:
             os.close(fd)
-        return out
+        return np.subtract(255, out, out=out)
 
     def write(self, r0: int, c0: int, block: np.ndarray) -> None:
         """`block` (h, w, 3) uint8 at rows r0.., columns c0.."""
         w = self.shape[1]
-        block = np.ascontiguousarray(block, dtype=np.uint8)
+        block = np.subtract(255, np.asarray(block, dtype=np.uint8), dtype=np.uint8)
         fd = os.open(self.path, os.O_WRONLY)
         try:
             if c0 == 0 and block.shape[1] == w:
@@ -262,7 +264,7 @@ class PyramidStream:
             ph, pw = self.shapes[level - 1]
             above = self._stores[level - 1][2 * r0:min(2 * r1, ph), 2 * c0:min(2 * c1, pw)]
             block = halve(above, r1 - r0, c1 - c0)
-            if level + 1 < len(self.shapes):
+            if level + 1 < len(self.shapes) and block.min() < 255:  # a new store reads white
                 self._stores[level].write(r0, c0, block)
         if block.shape[:2] != (T, T):  # edge tiles are padded with zeros, as tifffile does
             pad = np.zeros((T, T, 3), dtype=np.uint8)
