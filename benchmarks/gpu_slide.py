@@ -60,6 +60,13 @@ def main(argv=None) -> int:
     from her2core.models import registry
     from her2core.slide import write_pyramid
 
+    if args.make_slide is not None:
+        t = time.perf_counter()
+        write_pyramid(args.make_slide, SynthSlide(args.size, args.size, tissue=args.tissue),
+                      mpp=MPP, tile=512, min_size=512, compression=None)
+        print(f"synthetic slide {args.size} x {args.size} px written in "
+              f"{time.perf_counter() - t:.1f} s: {args.make_slide}", flush=True)
+        return 0
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     if cuda and not torch.cuda.is_available():
@@ -72,13 +79,6 @@ def main(argv=None) -> int:
             torch.cuda.synchronize()
 
     t_script = time.perf_counter()
-    if args.make_slide is not None:
-        t = time.perf_counter()
-        write_pyramid(args.make_slide, SynthSlide(args.size, args.size, tissue=args.tissue),
-                      mpp=MPP, tile=512, min_size=512, compression=None)
-        print(f"synthetic slide {args.size} x {args.size} px written in "
-              f"{time.perf_counter() - t:.1f} s: {args.make_slide}", flush=True)
-        return 0
     work = Path(tempfile.mkdtemp(prefix="her2-gpu-slide-", dir=args.workdir))
     try:
         t = time.perf_counter()
