@@ -170,6 +170,15 @@ class _Aborted(Exception):
     pass
 
 
+class _Encoded:
+    """One encoded tile; the writer drops `data` once written (later tiles only ask `white`)."""
+
+    __slots__ = ("data", "white")
+
+    def __init__(self, data: bytes, white: bool):
+        self.data, self.white = data, white
+
+
 class PyramidStream:
     """A pyramidal OME-TIFF written while its level 0 (`source`) is still being finished.
 
@@ -238,7 +247,7 @@ class PyramidStream:
     def _submit_row(self, level: int) -> None:
         t = self._next_row[level]
         n_cols = self.grid[level][1]
-        below = self._row_futures[level - 1] if level >= 2 else None
+        below = self._row_futures[level - 1] if level >= 1 else None
         children = [below.pop(r) for r in (2 * t, 2 * t + 1) if r in below] if below is not None else []
         futures = []
         for c in range(n_cols):
@@ -248,33 +257,36 @@ class PyramidStream:
             fut = self._pool.submit(self._make_tile, level, t, c, deps)
             self._queue.put((level, fut))
             futures.append(fut)
-        if level + 1 < len(self.shapes) and level >= 1:
-            self._row_futures[level][t] = futures  # read by the next level's tiles
+        if level + 1 < len(self.shapes):
+            self._row_futures[level][t] = futures  # waited for by the next level's tiles
         self._next_row[level] += 1
 
-    def _make_tile(self, level: int, t: int, c: int, deps: list[Future]) -> bytes:
+    def _make_tile(self, level: int, t: int, c: int, deps: list[Future]) -> _Encoded:
         T = self.tile
         lh, lw = self.shapes[level]
         r0, r1, c0, c1 = t * T, min((t + 1) * T, lh), c * T, min((c + 1) * T, lw)
+        full = (r1 - r0, c1 - c0) == (T, T)
         if level == 0:
             block = np.asarray(self.source[r0:r1, c0:c1])
         else:
-            for d in deps:  # tiles of the level above, written to its store (FIFO: running or done)
-                d.result()
+            # the tiles of the level above, written to its store (FIFO: running or done)
+            above = [d.result() for d in deps]
+            if full and len(above) == 4 and all(a.white for a in above) and self._white:
+                return _Encoded(self._white, True)  # white above: nothing to read or average
             ph, pw = self.shapes[level - 1]
-            above = self._stores[level - 1][2 * r0:min(2 * r1, ph), 2 * c0:min(2 * c1, pw)]
-            block = halve(above, r1 - r0, c1 - c0)
+            block = halve(self._stores[level - 1][2 * r0:min(2 * r1, ph), 2 * c0:min(2 * c1, pw)],
+                          r1 - r0, c1 - c0)
             if level + 1 < len(self.shapes) and block.min() < 255:  # a new store reads white
                 self._stores[level].write(r0, c0, block)
-        if block.shape[:2] != (T, T):  # edge tiles are padded with zeros, as tifffile does
+        if not full:  # edge tiles are padded with zeros, as tifffile does
             pad = np.zeros((T, T, 3), dtype=np.uint8)
             pad[:block.shape[0], :block.shape[1]] = block
-            block = pad
-        elif block.min() == 255:  # glass or outside the ROI: one encoding serves all
+            return _Encoded(self._encode(pad), False)
+        if block.min() == 255:  # glass or outside the ROI: one encoding serves all
             if self._white is None:
                 self._white = self._encode(np.ascontiguousarray(block))
-            return self._white
-        return self._encode(np.ascontiguousarray(block))
+            return _Encoded(self._white, True)
+        return _Encoded(self._encode(np.ascontiguousarray(block)), False)
 
     # -- writing ----------------------------------------------------------
     def _tiff_options(self, mpp, compression, origin_xy, properties, name) -> dict:
@@ -306,7 +318,8 @@ class PyramidStream:
         level, fut = self._queue.get()
         if level is None:
             raise _Aborted
-        data = fut.result()
+        encoded = fut.result()
+        data, encoded.data = encoded.data, None
         self._slots.release()
         if level > 0:
             parts[level - 1].write(data)
