@@ -199,16 +199,22 @@ def child_memory(args) -> None:
     done = [0]
     t0 = time.perf_counter()
 
+    last = [None]
+
     def tick(d, total):
         done[0] = d
         if d == total:
-            mem.phase = "write"  # all tiles translated: last blends, then the pyramid
+            mem.phase = "write"  # all tiles translated: last blends, the pyramid's last tiles
+            last[0] = time.perf_counter()
 
     with MemorySampler() as mem:
         translate_slide(tr, slide, out, tile=args.tile, overlap=args.overlap,
                         batch_size=args.batch_size, progress=False, overwrite=True, callback=tick,
                         workers=args.workers[-1])
-    print(json.dumps({"slide": slide.name, "tiles": done[0], "seconds": time.perf_counter() - t0,
+    t_end = time.perf_counter()
+    last_tile = (last[0] or t_end) - t0
+    print(json.dumps({"slide": slide.name, "tiles": done[0], "seconds": t_end - t0,
+                      "last_tile_s": last_tile, "tail_s": t_end - t0 - last_tile,
                       "baseline_anon": mem.start["RssAnon"], "peak_anon": mem.peak["RssAnon"],
                       "peak_rss": mem.peak["VmRSS"], "peak_file": mem.peak["RssFile"],
                       "peak_anon_translate": mem.phase_anon.get("translate", 0),
@@ -400,7 +406,9 @@ def memory(args, work: Path) -> list[dict]:
         res = json.loads(r.stdout.strip().splitlines()[-1])
         path.unlink()
         mib = 1 / 2**20
-        print(f"{size:>6} px slide: {res['tiles']} tiles in {res['seconds']:.0f} s; peak anonymous "
+        print(f"{size:>6} px slide: {res['tiles']} tiles in {res['seconds']:.1f} s (pyramid finished "
+              f"{res['tail_s']:.2f} s after the last tile = "
+              f"{res['tail_s'] / max(res['last_tile_s'], 1e-9):.1%}); peak anonymous "
               f"{res['peak_anon'] * mib:.0f} MiB (after model load {res['baseline_anon'] * mib:.0f}, "
               f"while translating {res['peak_anon_translate'] * mib:.0f}, while writing the pyramid "
               f"{res['peak_anon_write'] * mib:.0f}); "

@@ -2,20 +2,25 @@
 
     translate_slide(run, "he.ome.tif", "virtual.ome.tif", roi=features)
 
-How it stays seamless, bounded and resumable:
-  * tiles (T, overlap O) are read at the model's working mpp, background tiles
-    (glass on a low-resolution level or at full resolution, and tiles outside
-    the ROI) are not run and come out white, the rest go
-    through the model in batches of `batch_size` tiles of one tile row;
-  * each finished tile row is one file in the work folder (see `workdir`);
-    as soon as rows k and k+1 exist, output block row k is blended
-    (`blend.blend_block`, in a background thread) into a raw file on disk and
-    row k is deleted;
-  * when every block row is final, `write_pyramid` streams the raw file into a
-    tiled pyramidal OME-TIFF with the working mpp and the region's level-0 origin.
+How it stays seamless, bounded, resumable, and keeps up with a GPU:
+  * tiles (T, overlap O) are read at the model's working mpp by `workers` threads;
+    background tiles (glass on a low-resolution level or at full resolution, and
+    tiles outside the ROI) are not run and come out white, the rest go through the
+    model in batches of `batch_size` tiles of one tile row (stacked into page-locked
+    memory on CUDA);
+  * each finished tile row is one file in the work folder (see `workdir`), written
+    by a thread of its own; as soon as rows k and k+1 exist, output block row k is
+    blended (`blend.blend_block`, column blocks in `workers` threads) into a raw
+    file on disk and row k is deleted; the model waits when blending is more than
+    a row behind, so row files stay few;
+  * each block row goes straight into a `PyramidStream`, which encodes its tiles and
+    builds the lower levels in threads as it goes: the tiled pyramidal OME-TIFF (working
+    mpp, the region's level-0 origin) is finished a moment after the last block row.
 Memory is a few tiles plus the batch, whatever the slide size. A rerun with the
-same inputs resumes from the journal and gives the same bytes, because batches
-are fixed per tile row and each batch's seed depends only on its position.
+same inputs resumes from the journal (the pyramid is rebuilt from the raw file's
+final rows, then goes on) and gives the same bytes, because batches are fixed per
+tile row, each batch's seed depends only on its position, and the pyramid's tiles
+are written in a fixed order whatever the threads do.
 
 Under `torchrun`, a `Team` splits tile rows across ranks (row k goes to rank
 k mod world) on a shared work folder; after a barrier the slide's leader rank
@@ -350,10 +355,18 @@ class _Finisher:
         self.raw = wd.raw_image(plan.rows.length, plan.cols.length)
         self.m = wd.blocks_done()
         self.white = np.full((plan.tile, plan.tile, 3), 255, np.uint8)
+        # blocks written to the raw file (the others are white); a resumed job's final
+        # block rows count as written, whatever they hold
+        rows, cols = plan.rows, plan.cols
+        self.written = np.zeros((rows.count, cols.count), dtype=bool)
+        self.written[:self.m] = True
+        self._row_spans = np.array([rows.block(m) for m in range(rows.count)]).reshape(-1, 2)
+        self._col_spans = np.array([cols.block(j) for j in range(cols.count)]).reshape(-1, 2)
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="her2-blend")
         self.stream = PyramidStream(out_path, self.raw, mpp=plan.work_mpp, tile=pyramid_tile,
                                     origin_xy=(float(plan.x0), float(plan.y0)),
-                                    properties=properties, workers=workers)
+                                    properties=properties, workers=workers,
+                                    known_white=self._never_written)
         # a resumed job: the block rows already final go into the pyramid first
         self.stream.advance(plan.rows.block(self.m - 1)[1] if self.m > 0 else 0)
         self.error: BaseException | None = None
@@ -399,7 +412,7 @@ class _Finisher:
             r = rows.block(m)
             if r[1] > r[0]:
                 readers = {k: wd.read_row(k, self.plan.tile) for k in rows.tiles_for(*r)}
-                blocks = [self.pool.submit(self._blend_column, r, j, readers)
+                blocks = [self.pool.submit(self._blend_column, m, j, readers)
                           for j in range(cols.count) if cols.block(j)[1] > cols.block(j)[0]]
                 for f in blocks:
                     f.result()
@@ -410,8 +423,16 @@ class _Finisher:
                 self.m = m + 1
                 self._progress.notify_all()
 
-    def _blend_column(self, r: tuple[int, int], j: int, readers: dict) -> None:
+    def _never_written(self, r0: int, r1: int, c0: int, c1: int) -> bool:
+        """No block overlapping output rows [r0, r1) x cols [c0, c1) was written: it is white."""
+        rs, cs = self._row_spans, self._col_spans
+        in_r = (rs[:, 0] < r1) & (rs[:, 1] > r0)
+        in_c = (cs[:, 0] < c1) & (cs[:, 1] > c0)
+        return not self.written[np.ix_(in_r, in_c)].any()
+
+    def _blend_column(self, m: int, j: int, readers: dict) -> None:
         plan = self.plan
+        r = plan.rows.block(m)
         c = plan.cols.block(j)
         ks, js = plan.rows.tiles_for(*r), plan.cols.tiles_for(*c)
         if all(readers[k].is_white(jj) for k in ks for jj in js):
@@ -424,6 +445,7 @@ class _Finisher:
                 tiles[(k, jj)] = self.white if t is None else t
             return tiles[(k, jj)]
 
+        self.written[m, j] = True
         self.raw.write(r[0], c[0], _blend_one(plan, r, c, get))
 
     def finish(self) -> Path:

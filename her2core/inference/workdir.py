@@ -11,10 +11,11 @@ system, and a rerun with the same plan picks up exactly where it stopped.
       row_00012.u8     translated tiles of tile row 12, (T, T, 3) uint8 each in column order,
                        white tiles left out; a trailer of one byte per column says which
       blocks.json      {"blocks_done": m}: output block rows [0, m) are final in out.u8
-      out.u8           the blended region, raw (H, W, 3) uint8 (sparse until written)
+      out.u8           the blended region, raw (H, W, 3) uint8 stored inverted (255 - v), so
+                       what was never written (glass) reads white and stays sparse on disk
 
-Reads and writes go through short-lived band memmaps or plain file I/O, never a
-whole-region mapping, so the process's resident memory stays a few tiles.
+Reads and writes are positioned file I/O, never a mapping of the region, so the
+process's resident memory stays a few tiles.
 """
 
 from __future__ import annotations

@@ -186,13 +186,16 @@ class PyramidStream:
     tiles they complete, on every level, are encoded in `workers` threads. `close()` after
     `advance(H)` waits for the last tiles and renames the file into place; `abort()` drops it.
     `progress(done, total)` is called (from the writer thread) per tile written, all levels.
+    `known_white(r0, r1, c0, c1)`, if given, says a final level-0 rectangle is white without
+    reading it (slide inference knows which blocks it never wrote: glass costs nothing).
     """
 
     def __init__(self, path: str | Path, source, *, mpp: float, tile: int = 256,
                  min_size: int = 512, compression: str | None = "zlib",
                  origin_xy: tuple[float, float] = (0.0, 0.0), properties: dict | None = None,
                  name: str | None = None, workers: int | None = None,
-                 progress: Callable[[int, int], None] | None = None):
+                 progress: Callable[[int, int], None] | None = None,
+                 known_white: Callable[[int, int, int, int], bool] | None = None):
         self.path = Path(path)
         h, w = int(source.shape[0]), int(source.shape[1])
         if source.ndim != 3 or source.shape[2] != 3:
@@ -202,7 +205,8 @@ class PyramidStream:
         self.grid = [(-(-lh // tile), -(-lw // tile)) for lh, lw in self.shapes]
         self.total = sum(r * c for r, c in self.grid)
         self._encode = tile_encoder(compression)
-        self._white: bytes | None = None
+        self._white = self._encode(np.full((tile, tile, 3), 255, np.uint8))
+        self._known_white = known_white
         self._final = 0
         self._next_row = [0] * len(self.shapes)
         self._row_futures: list[dict[int, list[Future]]] = [{} for _ in self.shapes]
@@ -267,11 +271,13 @@ class PyramidStream:
         r0, r1, c0, c1 = t * T, min((t + 1) * T, lh), c * T, min((c + 1) * T, lw)
         full = (r1 - r0, c1 - c0) == (T, T)
         if level == 0:
+            if full and self._known_white is not None and self._known_white(r0, r1, c0, c1):
+                return _Encoded(self._white, True)
             block = np.asarray(self.source[r0:r1, c0:c1])
         else:
             # the tiles of the level above, written to its store (FIFO: running or done)
             above = [d.result() for d in deps]
-            if full and len(above) == 4 and all(a.white for a in above) and self._white:
+            if full and len(above) == 4 and all(a.white for a in above):
                 return _Encoded(self._white, True)  # white above: nothing to read or average
             ph, pw = self.shapes[level - 1]
             block = halve(self._stores[level - 1][2 * r0:min(2 * r1, ph), 2 * c0:min(2 * c1, pw)],
@@ -283,8 +289,6 @@ class PyramidStream:
             pad[:block.shape[0], :block.shape[1]] = block
             return _Encoded(self._encode(pad), False)
         if block.min() == 255:  # glass or outside the ROI: one encoding serves all
-            if self._white is None:
-                self._white = self._encode(np.ascontiguousarray(block))
             return _Encoded(self._white, True)
         return _Encoded(self._encode(np.ascontiguousarray(block)), False)
 
