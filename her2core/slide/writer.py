@@ -190,6 +190,8 @@ class PyramidStream:
     reading it (slide inference knows which blocks it never wrote: glass costs nothing).
     """
 
+    QUEUE_ROWS = 2  # level-0 tile rows of encoding in flight (see the semaphore below)
+
     def __init__(self, path: str | Path, source, *, mpp: float, tile: int = 256,
                  min_size: int = 512, compression: str | None = "zlib",
                  origin_xy: tuple[float, float] = (0.0, 0.0), properties: dict | None = None,
@@ -212,9 +214,10 @@ class PyramidStream:
         self._row_futures: list[dict[int, list[Future]]] = [{} for _ in self.shapes]
         self._queue: queue.Queue = queue.Queue()
         workers = workers or default_workers()
-        # tiles queued but not yet written: about one level-0 tile row, so that the file is
-        # finished soon after the last row is final (and memory stays a few tiles)
-        self._slots = threading.Semaphore(max(8 * workers, self.grid[0][1]))
+        # tiles queued but not yet written: a few level-0 tile rows, so that encoding overlaps
+        # the blending of the next block row, yet the file is finished soon after the last
+        # row is final (and memory stays a few tiles)
+        self._slots = threading.Semaphore(8 * workers + self.QUEUE_ROWS * self.grid[0][1])
         self._error: BaseException | None = None
         self._aborted = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
