@@ -366,7 +366,7 @@ class _Finisher:
         self.stream = PyramidStream(out_path, self.raw, mpp=plan.work_mpp, tile=pyramid_tile,
                                     origin_xy=(float(plan.x0), float(plan.y0)),
                                     properties=properties, workers=workers,
-                                    known_white=self._never_written)
+                                    known_white=self._never_written, scratch_dir=wd.path)
         # a resumed job: the block rows already final go into the pyramid first
         self.stream.advance(plan.rows.block(self.m - 1)[1] if self.m > 0 else 0)
         self.error: BaseException | None = None

@@ -188,6 +188,7 @@ class PyramidStream:
     `progress(done, total)` is called (from the writer thread) per tile written, all levels.
     `known_white(r0, r1, c0, c1)`, if given, says a final level-0 rectangle is white without
     reading it (slide inference knows which blocks it never wrote: glass costs nothing).
+    Lower levels wait in a temporary folder in `scratch_dir` (default: beside `path`).
     """
 
     QUEUE_ROWS = 2  # level-0 tile rows of encoding in flight (see the semaphore below)
@@ -197,7 +198,8 @@ class PyramidStream:
                  origin_xy: tuple[float, float] = (0.0, 0.0), properties: dict | None = None,
                  name: str | None = None, workers: int | None = None,
                  progress: Callable[[int, int], None] | None = None,
-                 known_white: Callable[[int, int, int, int], bool] | None = None):
+                 known_white: Callable[[int, int, int, int], bool] | None = None,
+                 scratch_dir: str | Path | None = None):
         self.path = Path(path)
         h, w = int(source.shape[0]), int(source.shape[1])
         if source.ndim != 3 or source.shape[2] != 3:
@@ -221,7 +223,7 @@ class PyramidStream:
         self._error: BaseException | None = None
         self._aborted = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._scratch = Path(tempfile.mkdtemp(prefix=".pyramid-", dir=self.path.parent))
+        self._scratch = Path(tempfile.mkdtemp(prefix=".pyramid-", dir=scratch_dir or self.path.parent))
         self._stores = [source] + [RawImage(self._scratch / f"level{i}.u8", (lh, lw, 3))
                                    for i, (lh, lw) in enumerate(self.shapes[1:], start=1)]
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="her2-pyramid")
