@@ -2,6 +2,14 @@
 
     python benchmarks/slide_inference.py                 # 8k x 8k region + memory 8k vs 32k
     python benchmarks/slide_inference.py --skip-memory   # only the speed part
+    python benchmarks/slide_inference.py --null-model    # the pipeline's own ceiling (below)
+
+`--null-model`: a network that costs nothing (tiles come back as they went in), so the
+slide run's tiles/s is the ceiling of the pipeline itself (reading, blending, pyramid
+writing). In one run it prints, on the same 8k slide: the raw read+decode rate of its tiles,
+the raw encode rate of its output pyramid, and the null-model pipeline with 1 and 2 worker
+threads (scaling with cores), the time from the last tile to the finished pyramid; then the
+peak memory of whole-slide runs on an 8k and a 32k slide (each in its own subprocess).
 
 1. Builds a synthetic H&E slide (default 8192 x 8192 px at 0.5 µm/px, tissue on ~30 %),
    translates it with `translate_slide` (tile 512, overlap 64) and prints end-to-end
@@ -119,6 +127,25 @@ def make_translator(ngf: int | None, blocks: int | None, device=None, precision:
                       name=f"pyramid_pix2pix[{preset}]")
 
 
+def null_translator():
+    """A Translator whose network costs nothing: each H&E tile comes back as it went in."""
+    import torch
+
+    from her2core.inference.model import Translator
+
+    class NullTranslator(Translator):
+        def __call__(self, batch, seed):
+            self.tiles_translated += len(batch)
+            return np.asarray(batch)
+
+    return NullTranslator(torch.nn.Identity(), torch.device("cpu"), precision="fp32",
+                          work_mpp=MPP, name="null")
+
+
+def translator_for(args):
+    return null_translator() if args.null_model else make_translator(args.ngf, args.blocks)
+
+
 # ----------------------------------------------------------------------------- memory
 
 class MemorySampler:
@@ -166,21 +193,28 @@ def child_memory(args) -> None:
     from her2core.inference.slide import translate_slide
 
     torch.set_num_threads(args.threads)
-    tr = make_translator(args.ngf, args.blocks)
+    tr = translator_for(args)
     slide = Path(args.child_memory)
     out = slide.with_name(slide.stem.split(".")[0] + "_virtual.ome.tif")
     done = [0]
     t0 = time.perf_counter()
 
+    last = [None]
+
     def tick(d, total):
         done[0] = d
         if d == total:
-            mem.phase = "write"  # all tiles translated: last blends, then the pyramid
+            mem.phase = "write"  # all tiles translated: last blends, the pyramid's last tiles
+            last[0] = time.perf_counter()
 
     with MemorySampler() as mem:
         translate_slide(tr, slide, out, tile=args.tile, overlap=args.overlap,
-                        batch_size=args.batch_size, progress=False, overwrite=True, callback=tick)
-    print(json.dumps({"slide": slide.name, "tiles": done[0], "seconds": time.perf_counter() - t0,
+                        batch_size=args.batch_size, progress=False, overwrite=True, callback=tick,
+                        workers=args.workers[-1])
+    t_end = time.perf_counter()
+    last_tile = (last[0] or t_end) - t0
+    print(json.dumps({"slide": slide.name, "tiles": done[0], "seconds": t_end - t0,
+                      "last_tile_s": last_tile, "tail_s": t_end - t0 - last_tile,
                       "baseline_anon": mem.start["RssAnon"], "peak_anon": mem.peak["RssAnon"],
                       "peak_rss": mem.peak["VmRSS"], "peak_file": mem.peak["RssFile"],
                       "peak_anon_translate": mem.phase_anon.get("translate", 0),
@@ -229,7 +263,8 @@ def speed(args, work: Path) -> dict:
     before = tr.tiles_translated
     t = time.perf_counter()
     translate_slide(tr, slide, work / "speed_virtual.ome.tif", tile=args.tile,
-                    overlap=args.overlap, batch_size=args.batch_size, progress=False, overwrite=True)
+                    overlap=args.overlap, batch_size=args.batch_size, progress=False, overwrite=True,
+                    workers=args.workers[-1])
     e2e = time.perf_counter() - t
     assert tr.tiles_translated - before == n, (tr.tiles_translated - before, n)
     # forward again after the slide run: on a shared machine the best of the two is the
@@ -250,6 +285,108 @@ def speed(args, work: Path) -> dict:
     return res
 
 
+def ceiling(args, work: Path) -> dict:
+    """Null-model pipeline tiles/s with 1 and 2 workers, next to raw read+decode and encode."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from her2core.inference.region import plan_region
+    from her2core.inference.slide import translate_slide
+    from her2core.slide import open_slide
+    from her2core.slide.writer import halve, pyramid_shapes, tile_encoder
+
+    torch.set_num_threads(args.threads)
+    t = time.perf_counter()
+    slide = write_synth_slide(work / "speed.ome.tif", args.size, tissue=args.tissue,
+                              compression="zlib")
+    print(f"synthetic slide {args.size} x {args.size} (zlib, tissue {args.tissue:.0%}) written in "
+          f"{time.perf_counter() - t:.1f} s")
+    with open_slide(slide) as s:
+        plan = plan_region(s, work_mpp=MPP, tile=args.tile, overlap=args.overlap)
+    n = plan.n_tiles
+    keys = [(k, j) for k in range(plan.rows.count) for j in range(plan.cols.count)]
+    res: dict = {"slide_px": args.size, "tiles": n, "tile": args.tile, "overlap": args.overlap,
+                 "read_tiles_per_s": {}, "encode_tiles_per_s": {}, "pipeline": {}}
+
+    def timed_map(fn, items, workers):
+        t = time.perf_counter()
+        if workers == 1:
+            for it in items:
+                fn(it)
+        else:
+            with ThreadPoolExecutor(workers) as ex:
+                for _ in ex.map(fn, items):
+                    pass
+        return time.perf_counter() - t
+
+    # 1. raw read + decode of every tile of the plan, the way the pipeline reads them
+    with open_slide(slide) as s:
+        for w in args.workers:
+            dt = timed_map(lambda kj, s=s: plan.read_tile(s, *kj), keys, w)
+            res["read_tiles_per_s"][w] = n / dt
+            print(f"raw read+decode, {w} thread(s): {n / dt:7.1f} tiles/s ({dt:.1f} s)")
+
+    out = work / "null_virtual.ome.tif"
+    for w in args.workers:
+        state = {}
+
+        def tick(done, total, state=state):
+            if done == total:
+                state["last_tile"] = time.perf_counter()
+
+        t0 = time.perf_counter()
+        translate_slide(null_translator(), slide, out, tile=args.tile, overlap=args.overlap,
+                        batch_size=args.batch_size, progress=False, overwrite=True, callback=tick,
+                        workers=w)
+        t_end = time.perf_counter()
+        last = state.get("last_tile", t_end) - t0
+        r = {"seconds": t_end - t0, "tiles_per_s": n / (t_end - t0), "last_tile_s": last,
+             "tail_s": t_end - t0 - last, "tail_share": (t_end - t0 - last) / last}
+        res["pipeline"][w] = r
+        print(f"null-model pipeline, {w} worker(s): {r['tiles_per_s']:7.1f} tiles/s "
+              f"({r['seconds']:.1f} s; last tile at {last:.1f} s, pyramid finished "
+              f"{r['tail_s']:.2f} s later = {r['tail_share']:.1%})")
+
+    # 2. raw encode of the same output pyramid (its tiles, all levels, from memory)
+    with open_slide(out) as s:
+        level0 = s.read_region((0, 0), 0, s.dimensions)
+    pt = 256
+    levels = [level0]
+    for lh, lw in pyramid_shapes(*level0.shape[:2])[1:]:
+        levels.append(halve(levels[-1], lh, lw))
+    tiles = []
+    for lv in levels:
+        for r0 in range(0, lv.shape[0], pt):
+            for c0 in range(0, lv.shape[1], pt):
+                b = np.zeros((pt, pt, 3), np.uint8)
+                part = lv[r0:r0 + pt, c0:c0 + pt]
+                b[:part.shape[0], :part.shape[1]] = part
+                tiles.append(b)
+    del levels, level0
+    encode = tile_encoder("zlib")
+    mb = len(tiles) * pt * pt * 3 / 1e6
+    for w in args.workers:
+        dt = timed_map(encode, tiles, w)
+        res["encode_tiles_per_s"][w] = n / dt
+        print(f"raw encode of the output pyramid ({len(tiles)} tiles of {pt} px, {mb:.0f} MB), "
+              f"{w} thread(s): {n / dt:7.1f} slide tiles/s ({dt:.1f} s, {mb / dt:.0f} MB/s)")
+    del tiles
+
+    w1, w2 = args.workers[0], args.workers[-1]
+    p1, p2 = res["pipeline"][w1]["tiles_per_s"], res["pipeline"][w2]["tiles_per_s"]
+    res["scaling"] = p2 / p1
+    for w in args.workers:
+        res["pipeline"][w]["vs_read"] = res["pipeline"][w]["tiles_per_s"] / res["read_tiles_per_s"][w]
+    print("pipeline / raw read+decode: " + ", ".join(
+        f"{res['pipeline'][w]['vs_read']:.2f} with {w} thread(s)" for w in args.workers)
+        + "  (goal >= 0.5)")
+    print(f"pipeline {w1} -> {w2} workers: x{res['scaling']:.2f}  (goal >= 1.6)")
+    print("pyramid tail / time to last tile: " + ", ".join(
+        f"{res['pipeline'][w]['tail_share']:.1%}" for w in args.workers) + "  (goal <= 10 %)")
+    return res
+
+
 def memory(args, work: Path) -> list[dict]:
     results = []
     for size in args.memory_sizes:
@@ -263,17 +400,25 @@ def memory(args, work: Path) -> list[dict]:
             cmd += ["--ngf", str(args.ngf)]
         if args.blocks is not None:
             cmd += ["--blocks", str(args.blocks)]
+        if args.null_model:
+            cmd += ["--null-model", "--workers", str(args.workers[-1])]
         r = subprocess.run(cmd, capture_output=True, text=True, check=True)
         res = json.loads(r.stdout.strip().splitlines()[-1])
         path.unlink()
         mib = 1 / 2**20
-        print(f"{size:>6} px slide: {res['tiles']} tiles in {res['seconds']:.0f} s; peak anonymous "
+        print(f"{size:>6} px slide: {res['tiles']} tiles in {res['seconds']:.1f} s (pyramid finished "
+              f"{res['tail_s']:.2f} s after the last tile = "
+              f"{res['tail_s'] / max(res['last_tile_s'], 1e-9):.1%}); peak anonymous "
               f"{res['peak_anon'] * mib:.0f} MiB (after model load {res['baseline_anon'] * mib:.0f}, "
               f"while translating {res['peak_anon_translate'] * mib:.0f}, while writing the pyramid "
               f"{res['peak_anon_write'] * mib:.0f}); "
               f"peak resident {res['peak_rss'] * mib:.0f} MiB (file-backed part "
               f"{res['peak_file'] * mib:.0f} MiB)")
         results.append({"size": size, **res})
+    if len(results) >= 2:
+        a, b = results[0], results[-1]
+        print(f"peak anonymous {b['size']} / {a['size']}: {b['peak_anon'] / a['peak_anon']:.2f}, "
+              f"peak resident: {b['peak_rss'] / a['peak_rss']:.2f}  (goal <= 1.2)")
     return results
 
 
@@ -289,6 +434,10 @@ def main(argv=None) -> int:
     p.add_argument("--ngf", type=int, default=None, help="generator width (default: the tiny preset's)")
     p.add_argument("--blocks", type=int, default=None, help="ResNet blocks (default: the tiny preset's)")
     p.add_argument("--threads", type=int, default=int(os.environ.get("TORCH_NUM_THREADS", "2")))
+    p.add_argument("--null-model", action="store_true",
+                   help="a network that costs nothing: the pipeline's own ceiling (see above)")
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                   help="pipeline worker threads to compare (--null-model; the last one otherwise)")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--workdir", type=Path, default=None)
@@ -302,7 +451,8 @@ def main(argv=None) -> int:
         work = Path(tmp)
         out = {}
         if not args.skip_speed:
-            out["speed"] = speed(args, work)
+            out["ceiling" if args.null_model else "speed"] = (ceiling if args.null_model else speed)(
+                args, work)
         if not args.skip_memory:
             out["memory"] = memory(args, work)
     if args.json:

@@ -289,3 +289,84 @@ def test_low_resolution_glass_index_skips_reads_without_changing_output(tmp_path
     n_tiles = AxisGrid(1024, 128, 32).count ** 2
     assert 0 < len(reads) < n_tiles / 2
     np.testing.assert_array_equal(_read(plain)[0], _read(indexed)[0])
+
+
+# ----------------------------------------------------------------------------- streamed pyramid
+
+def _halve_reference(img):
+    """2x2 area mean of a whole level at once (odd edges repeat the last row/column)."""
+    h, w = (img.shape[0] + 1) // 2, (img.shape[1] + 1) // 2
+    b = np.pad(img.astype(np.uint16), ((0, 2 * h - img.shape[0]), (0, 2 * w - img.shape[1]), (0, 0)),
+               mode="edge")
+    return ((b[0::2, 0::2] + b[1::2, 0::2] + b[0::2, 1::2] + b[1::2, 1::2] + 2) // 4).astype(np.uint8)
+
+
+def test_streamed_pyramid_same_bytes_however_fed_and_levels_exact(tmp_path):
+    """Tiles are encoded by threads in any order but written in a fixed one: the file's bytes
+    do not depend on how level 0 was handed over or on the thread count; every level is the
+    2x2 mean of the one above, as tifffile reads it back (OME, SubIFDs, mpp, origin)."""
+    import tifffile
+
+    from her2core.slide.writer import PyramidStream
+
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (1100, 1333, 3), dtype=np.uint8)
+    img[:300] = 255  # glass: one shared encoding of white tiles
+    kw = {"mpp": 0.5, "tile": 128, "min_size": 128, "origin_xy": (10.0, 20.0), "name": "p"}
+    whole = write_pyramid(tmp_path / "a.ome.tif", img, workers=1, **kw)
+    stream = PyramidStream(tmp_path / "b.ome.tif", img, workers=3, **kw)
+    for n in (1, 127, 128, 300, 641, 1099, 1100):
+        stream.advance(n)
+    fed = stream.close()
+    assert _sha(whole) == _sha(fed)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ome.tif", "b.ome.tif"]  # no scratch
+    with tifffile.TiffFile(fed) as tif:
+        assert tif.is_ome and len(tif.pages[0].subifds) == 4
+        want = img
+        for level in tif.series[0].levels:
+            np.testing.assert_array_equal(level.asarray(), want)
+            want = _halve_reference(want)
+    with open_slide(fed) as s:
+        assert s.mpp == pytest.approx(0.5) and s.origin_xy == (10.0, 20.0) and s.level_count == 5
+
+
+def test_streamed_pyramid_abort_and_bad_input_leave_nothing(tmp_path):
+    from her2core.slide.writer import PyramidStream
+
+    img = np.full((600, 500, 3), 200, np.uint8)
+    stream = PyramidStream(tmp_path / "x.ome.tif", img, mpp=0.5, tile=128, min_size=128)
+    stream.advance(300)
+    with pytest.raises(RuntimeError, match="before every level-0 row"):
+        stream.close()
+    stream = PyramidStream(tmp_path / "y.ome.tif", img, mpp=0.5, tile=128, min_size=128)
+    stream.advance(256)
+    stream.abort()
+    with pytest.raises(ValueError, match="compression"):
+        write_pyramid(tmp_path / "z.ome.tif", img, mpp=0.5, compression="jpeg")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_bytes_do_not_depend_on_worker_threads_and_row_files_stay_few(tmp_path, he_slide,
+                                                                              monkeypatch):
+    import time
+
+    import her2core.inference.slide as slide_mod
+
+    kw = {"work_mpp": 0.5, "tile": 64, "overlap": 16, "progress": False, "batch_size": 3,
+          "region": REGION}
+    work = tmp_path / "b" / ".v.ome.tif.work"
+    most = [0]
+
+    def count_rows(done, total):  # the model may not run ahead of blending by many rows
+        most[0] = max(most[0], len(list(work.glob("row_*.u8"))))
+
+    one = translate_slide(ConvNet(), he_slide, tmp_path / "a" / "v.ome.tif", workers=1, **kw)
+    blend = slide_mod._blend_one  # blending slower than the model: the model must wait for it
+    monkeypatch.setattr(slide_mod, "_blend_one", lambda *a: time.sleep(0.02) or blend(*a))
+    three = translate_slide(ConvNet(), he_slide, tmp_path / "b" / "v.ome.tif", workers=3,
+                            callback=count_rows, **kw)
+    assert _sha(one) == _sha(three)
+    n_rows = AxisGrid(REGION[3], 64, 16).count
+    assert 1 <= most[0] <= 3 < n_rows
+    v, s = _read(three)
+    assert s.level_count == 1 + (max(v.shape[:2]) > 512)

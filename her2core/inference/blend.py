@@ -18,6 +18,7 @@ two tile rows exist, and throw the older tile row away.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,7 +97,7 @@ def _segments(grid: AxisGrid, a: int, b: int) -> list[tuple[int, int, list[int]]
         cuts.update(x for x in (p, p + grid.tile) if a < x < b)
     edges = sorted(cuts)
     return [(s, e, [k for k in ks if grid.position(k) <= s and grid.position(k) + grid.tile >= e])
-            for s, e in zip(edges[:-1], edges[1:])]
+            for s, e in itertools.pairwise(edges)]
 
 
 def blend_block(rows: AxisGrid, cols: AxisGrid, r: tuple[int, int], c: tuple[int, int],

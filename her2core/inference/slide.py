@@ -2,20 +2,25 @@
 
     translate_slide(run, "he.ome.tif", "virtual.ome.tif", roi=features)
 
-How it stays seamless, bounded and resumable:
-  * tiles (T, overlap O) are read at the model's working mpp, background tiles
-    (glass on a low-resolution level or at full resolution, and tiles outside
-    the ROI) are not run and come out white, the rest go
-    through the model in batches of `batch_size` tiles of one tile row;
-  * each finished tile row is one file in the work folder (see `workdir`);
-    as soon as rows k and k+1 exist, output block row k is blended
-    (`blend.blend_block`, in a background thread) into a raw file on disk and
-    row k is deleted;
-  * when every block row is final, `write_pyramid` streams the raw file into a
-    tiled pyramidal OME-TIFF with the working mpp and the region's level-0 origin.
+How it stays seamless, bounded, resumable, and keeps up with a GPU:
+  * tiles (T, overlap O) are read at the model's working mpp by `workers` threads;
+    background tiles (glass on a low-resolution level or at full resolution, and
+    tiles outside the ROI) are not run and come out white, the rest go through the
+    model in batches of `batch_size` tiles of one tile row (stacked into page-locked
+    memory on CUDA);
+  * each finished tile row is one file in the work folder (see `workdir`), written
+    by a thread of its own; as soon as rows k and k+1 exist, output block row k is
+    blended (`blend.blend_block`, column blocks in `workers` threads) into a raw
+    file on disk and row k is deleted; the model waits when blending is more than
+    a row behind, so row files stay few;
+  * each block row goes straight into a `PyramidStream`, which encodes its tiles and
+    builds the lower levels in threads as it goes: the tiled pyramidal OME-TIFF (working
+    mpp, the region's level-0 origin) is finished a moment after the last block row.
 Memory is a few tiles plus the batch, whatever the slide size. A rerun with the
-same inputs resumes from the journal and gives the same bytes, because batches
-are fixed per tile row and each batch's seed depends only on its position.
+same inputs resumes from the journal (the pyramid is rebuilt from the raw file's
+final rows, then goes on) and gives the same bytes, because batches are fixed per
+tile row, each batch's seed depends only on its position, and the pyramid's tiles
+are written in a fixed order whatever the threads do.
 
 Under `torchrun`, a `Team` splits tile rows across ranks (row k goes to rank
 k mod world) on a shared work folder; after a barrier the slide's leader rank
@@ -24,6 +29,9 @@ blends and writes. The bytes equal those of one process.
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -42,8 +50,9 @@ from her2core.inference.region import (
     roi_geometry,
 )
 from her2core.inference.workdir import WorkDir
+from her2core.slide.writer import default_workers
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the raw output is stored inverted (unwritten = white)
 DEFAULT_TILE = 512
 DEFAULT_OVERLAP = 64
 
@@ -97,13 +106,14 @@ def translate_slide(run, slide_path: str | Path, out_path: str | Path, *,
                     overwrite: bool = False, device=None, precision: str = "auto",
                     progress: bool = True, callback: Callable[[int, int], Any] | None = None,
                     team: Team | None = None, leader: int = 0, pyramid_tile: int = 256,
-                    read_workers: int = 2) -> Path | None:
+                    workers: int | None = None) -> Path | None:
     """Translate a region (or the ROI's box, or the whole slide) into a virtual HER2 OME-TIFF.
 
     `run`: a run folder, a framework, or a `Translator`. `roi`: GeoJSON path, a list of
     features, or a shapely geometry (level-0 (x, y)); outside its polygons the output is white.
     `region`: level-0 (x, y, w, h). `callback(done, total)` after each tile may raise to cancel
-    (rerun to resume). Returns the output path on the leader rank, None on the others.
+    (rerun to resume). `workers`: threads that read tiles, and as many that blend and encode
+    (default: the cores, up to 8). Returns the output path on the leader rank, None on the others.
     """
     from her2core.inference.model import load_translator
     from her2core.slide import open_slide
@@ -145,33 +155,30 @@ def translate_slide(run, slide_path: str | Path, out_path: str | Path, *,
         n_rows = plan.rows.count
         mine = [k for k in range(first_block, n_rows) if team.owns(k)]
         todo = [k for k in mine if not wd.row_done(k)]
+        workers = workers or default_workers()
+        # the leader blends block rows and streams them into the pyramid as tile rows are
+        # committed (in a background thread when alone; after the barrier with several ranks)
+        finisher = _Finisher(plan, wd, out_path, _output_properties(plan, translator, slide_path),
+                             workers=workers, pyramid_tile=pyramid_tile,
+                             background=team.world == 1) if is_leader else None
         bar = Progress(len(mine) * plan.cols.count, (len(mine) - len(todo)) * plan.cols.count,
                        desc=f"translate {Path(slide_path).name}", bar=progress, callback=callback)
-        # one process: blend finished block rows in a background thread while the model
-        # works on the next rows (numpy releases the GIL); ranks blend after the barrier
-        blender = ThreadPoolExecutor(1, thread_name_prefix="her2-blend") if team.world == 1 else None
-        blends: list = []
         try:
-            for _ in _translate_rows(slide, plan, translator, wd, todo, batch_size, seed, bar,
-                                     read_workers):
-                if blender is not None:
-                    blends.append(blender.submit(_blend_ready, plan, wd))
-                    while blends and blends[0].done():
-                        blends.pop(0).result()  # surface a blending error early
-        finally:
-            bar.close()
-            if blender is not None:
-                blender.shutdown(wait=True)
-        for f in blends:
-            f.result()
-        team.barrier()
-        if not is_leader:
-            return None
-        _blend_ready(plan, wd)
-        if wd.blocks_done() < n_rows:  # pragma: no cover - would be a journal bug
-            raise RuntimeError(f"{wd.path}: tile rows missing after translation; delete it and rerun")
-        return _write_output(plan, wd, out_path, translator, Path(slide_path), progress,
-                             pyramid_tile)
+            try:
+                for k in _translate_rows(slide, plan, translator, wd, todo, batch_size, seed, bar,
+                                         workers):
+                    if finisher is not None and team.world == 1:
+                        finisher.row_committed(k)  # raises a blending/writing error early
+            finally:
+                bar.close()
+            team.barrier()
+            if finisher is None:
+                return None
+            return finisher.finish()
+        except BaseException:
+            if finisher is not None:
+                finisher.abort()
+            raise
 
 
 # --------------------------------------------------------------------------- internals
@@ -217,7 +224,7 @@ def _prefetch(items: Iterable, fn: Callable, ahead: int, workers: int) -> Iterat
 
 
 def _translate_rows(slide, plan: RegionPlan, translator, wd: WorkDir, rows: list[int],
-                    batch_size: int, seed: int, bar: Progress, read_workers: int) -> Iterator[int]:
+                    batch_size: int, seed: int, bar: Progress, workers: int) -> Iterator[int]:
     """Translate the given tile rows into row files; yields each row index once it is committed."""
     n_cols = plan.cols.count
     glass = TissueIndex(slide)
@@ -233,11 +240,16 @@ def _translate_rows(slide, plan: RegionPlan, translator, wd: WorkDir, rows: list
         return k, j, (None if is_background(img) else img)
 
     items = ((k, j) for k in rows for j in range(n_cols))
-    reader = _prefetch(items, read, ahead=2 * batch_size + 2, workers=read_workers)
+    reader = _prefetch(items, read, ahead=2 * batch_size + 2 * workers, workers=workers)
+    # row files are written by a thread of their own, so the model's thread goes straight
+    # back to the next batch (on a GPU: the device does not wait for the disk)
+    io = ThreadPoolExecutor(1, thread_name_prefix="her2-rows")
+    staging = _pinned_staging(translator, batch_size, plan.tile)
     try:
         for k in rows:
-            row = _RowAssembler(wd.open_row(k), translator, batch_size=batch_size, bar=bar,
-                                batch_seed_of=lambda b, k=k: batch_seed(seed, k, b))
+            row = _RowAssembler(wd.open_row(k), translator, batch_size=batch_size, bar=bar, io=io,
+                                batch_seed_of=lambda b, k=k: batch_seed(seed, k, b),
+                                staging=staging)
             try:
                 for _ in range(n_cols):
                     kk, j, img = next(reader)
@@ -250,13 +262,31 @@ def _translate_rows(slide, plan: RegionPlan, translator, wd: WorkDir, rows: list
             yield k
     finally:
         reader.close()
+        io.shutdown()
+
+
+def _pinned_staging(translator, batch_size: int, tile: int) -> np.ndarray | None:
+    """A page-locked (N, T, T, 3) uint8 buffer that batches are stacked into when the model is
+    on a CUDA device: the host-to-device copy then goes straight from it (no staging copy)."""
+    device = getattr(translator, "device", None)
+    if getattr(device, "type", None) != "cuda":
+        return None
+    import torch
+
+    try:
+        return torch.empty((batch_size, tile, tile, 3), dtype=torch.uint8, pin_memory=True).numpy()
+    except RuntimeError:  # pragma: no cover - no page-locked memory to be had
+        return None
 
 
 class _RowAssembler:
     """One tile row: batches tissue tiles through the model, writes all tiles in column order."""
 
-    def __init__(self, writer, translator, *, batch_seed_of, batch_size: int, bar: Progress):
-        self.writer, self.translator, self.bar = writer, translator, bar
+    def __init__(self, writer, translator, *, batch_seed_of, batch_size: int, bar: Progress,
+                 io: ThreadPoolExecutor, staging: np.ndarray | None = None):
+        self.writer, self.translator, self.bar, self.io = writer, translator, bar, io
+        self.staging = staging  # reused per batch: the model returns new arrays on CUDA
+        self.writes: deque = deque()
         self.batch_seed_of, self.batch_size = batch_seed_of, batch_size
         self.ready: dict[int, np.ndarray | None] = {}
         self.next_j = 0
@@ -275,8 +305,10 @@ class _RowAssembler:
         self._flush()
 
     def _run(self) -> None:
-        out = self.translator(np.stack([img for _, img in self.batch]),
-                              self.batch_seed_of(self.n_batches))
+        imgs = [img for _, img in self.batch]
+        batch = (np.stack(imgs) if self.staging is None else
+                 np.stack(imgs, out=self.staging[:len(imgs)]))
+        out = self.translator(batch, self.batch_seed_of(self.n_batches))
         self.n_batches += 1
         for (j, _), o in zip(self.batch, out):
             self.ready[j] = o
@@ -285,71 +317,155 @@ class _RowAssembler:
 
     def _flush(self) -> None:
         while self.next_j in self.ready:
-            self.writer.write(self.ready.pop(self.next_j))
+            self.writes.append(self.io.submit(self.writer.write, self.ready.pop(self.next_j)))
             self.next_j += 1
+        while self.writes and self.writes[0].done():
+            self.writes.popleft().result()  # a disk error surfaces here
 
     def commit(self) -> None:
         if self.batch:
             self._run()
         self._flush()
-        self.writer.commit()
+        self.io.submit(self.writer.commit).result()  # after the row's writes (one thread: FIFO)
+        while self.writes:
+            self.writes.popleft().result()
 
     def abort(self) -> None:
-        self.writer.abort()
+        for f in self.writes:
+            f.cancel()
+        self.io.submit(self.writer.abort).result()
 
 
-def _blend_ready(plan: RegionPlan, wd: WorkDir) -> None:
-    """Blend every output block row whose two tile rows exist; drop rows no longer needed."""
-    rows, cols = plan.rows, plan.cols
-    h, w = rows.length, cols.length
-    raw = wd.raw_image(h, w)
-    m = wd.blocks_done()
-    while m < rows.count:
-        need = [m] + ([m + 1] if m + 1 < rows.count else [])
-        if not all(wd.row_done(k) for k in need):
-            return
-        r = rows.block(m)
-        if r[1] > r[0]:
-            tiles = _TileCache(wd, plan.tile)
-            for j in range(cols.count):
-                c = cols.block(j)
-                if c[1] > c[0]:
-                    ks, js = rows.tiles_for(*r), cols.tiles_for(*c)
-                    if all(tiles.is_white(k, jj) for k in ks for jj in js):
-                        block = np.full((r[1] - r[0], c[1] - c[0], 3), 255, np.uint8)
-                    else:
-                        block = _blend_one(plan, r, c, tiles.get)
-                    raw.write(r[0], c[0], block)
-                tiles.forget_before(j + 1)
-        m += 1
-        wd.set_blocks_done(m)
-        wd.drop_row(m - 1)
+class _Finisher:
+    """Output block rows blended as soon as their two tile rows are committed, and streamed
+    into the pyramid at once, so the output is finished with the last block row.
 
+    A block row's column blocks are blended by `workers` threads (numpy releases the GIL);
+    the pyramid's tiles are encoded by as many more. Block rows are made final in order, and
+    `blocks_done` is advanced only after a block row is in the raw file (the journal).
+    """
 
-class _TileCache:
-    """Translated tiles read back from row files; column block j needs columns j and j+1 only."""
+    AHEAD = 1  # tile rows the model may be ahead of blending
 
-    def __init__(self, wd: WorkDir, tile: int):
-        self.wd, self.tile, self.tiles, self.rows = wd, tile, {}, {}
-        self.white = np.full((tile, tile, 3), 255, dtype=np.uint8)
+    def __init__(self, plan: RegionPlan, wd: WorkDir, out_path: Path, properties: dict, *,
+                 workers: int, pyramid_tile: int, background: bool):
+        from her2core.slide.writer import PyramidStream
 
-    def _row(self, k: int):
-        if k not in self.rows:
-            self.rows[k] = self.wd.read_row(k, self.tile)
-        return self.rows[k]
+        self.plan, self.wd = plan, wd
+        self.raw = wd.raw_image(plan.rows.length, plan.cols.length)
+        self.m = wd.blocks_done()
+        self.white = np.full((plan.tile, plan.tile, 3), 255, np.uint8)
+        # blocks written to the raw file (the others are white); a resumed job's final
+        # block rows count as written, whatever they hold
+        rows, cols = plan.rows, plan.cols
+        self.written = np.zeros((rows.count, cols.count), dtype=bool)
+        self.written[:self.m] = True
+        self._row_spans = np.array([rows.block(m) for m in range(rows.count)]).reshape(-1, 2)
+        self._col_spans = np.array([cols.block(j) for j in range(cols.count)]).reshape(-1, 2)
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="her2-blend")
+        self.stream = PyramidStream(out_path, self.raw, mpp=plan.work_mpp, tile=pyramid_tile,
+                                    origin_xy=(float(plan.x0), float(plan.y0)),
+                                    properties=properties, workers=workers,
+                                    known_white=self._never_written, scratch_dir=wd.path)
+        # a resumed job: the block rows already final go into the pyramid first
+        self.stream.advance(plan.rows.block(self.m - 1)[1] if self.m > 0 else 0)
+        self.error: BaseException | None = None
+        self._progress = threading.Condition()
+        self._commits: queue.Queue = queue.Queue()
+        self._thread = None
+        if background:
+            self._thread = threading.Thread(target=self._run, name="her2-finish", daemon=True)
+            self._thread.start()
 
-    def is_white(self, k: int, j: int) -> bool:
-        return self._row(k).is_white(j)
+    def row_committed(self, k: int) -> None:
+        """Tile row k is in the journal; returns once blending is at most `AHEAD` rows behind
+        (so row files on disk stay few, and the output is finished soon after the last tile)."""
+        self._commits.put(k)
+        with self._progress:
+            while k - self.m > self.AHEAD and self.error is None and self._thread.is_alive():
+                self._progress.wait(0.5)
+        if self.error is not None:
+            raise self.error
 
-    def get(self, k: int, j: int) -> np.ndarray:
-        if (k, j) not in self.tiles:
-            t = self._row(k).tile_at(j)
-            self.tiles[(k, j)] = self.white if t is None else t
-        return self.tiles[(k, j)]
+    def _run(self) -> None:
+        try:
+            while self._commits.get() is not None:
+                self.blend_ready()
+        except BaseException as exc:  # noqa: BLE001 - raised in the main thread
+            self.error = exc
 
-    def forget_before(self, j: int) -> None:
-        for key in [key for key in self.tiles if key[1] < j]:
-            del self.tiles[key]
+    def _stop_thread(self) -> None:
+        if self._thread is not None:
+            self._commits.put(None)
+            self._thread.join()
+            self._thread = None
+        if self.error is not None:
+            raise self.error
+
+    def blend_ready(self) -> None:
+        """Blend every block row whose two tile rows exist, in order; drop rows no longer needed."""
+        rows, cols, wd = self.plan.rows, self.plan.cols, self.wd
+        while self.m < rows.count:
+            m = self.m
+            if not all(wd.row_done(k) for k in (m, m + 1) if k < rows.count):
+                return
+            r = rows.block(m)
+            if r[1] > r[0]:
+                readers = {k: wd.read_row(k, self.plan.tile) for k in rows.tiles_for(*r)}
+                blocks = [self.pool.submit(self._blend_column, m, j, readers)
+                          for j in range(cols.count) if cols.block(j)[1] > cols.block(j)[0]]
+                for f in blocks:
+                    f.result()
+            wd.set_blocks_done(m + 1)
+            wd.drop_row(m)
+            self.stream.advance(r[1])
+            with self._progress:
+                self.m = m + 1
+                self._progress.notify_all()
+
+    def _never_written(self, r0: int, r1: int, c0: int, c1: int) -> bool:
+        """No block overlapping output rows [r0, r1) x cols [c0, c1) was written: it is white."""
+        rs, cs = self._row_spans, self._col_spans
+        in_r = (rs[:, 0] < r1) & (rs[:, 1] > r0)
+        in_c = (cs[:, 0] < c1) & (cs[:, 1] > c0)
+        return not self.written[np.ix_(in_r, in_c)].any()
+
+    def _blend_column(self, m: int, j: int, readers: dict) -> None:
+        plan = self.plan
+        r = plan.rows.block(m)
+        c = plan.cols.block(j)
+        ks, js = plan.rows.tiles_for(*r), plan.cols.tiles_for(*c)
+        if all(readers[k].is_white(jj) for k in ks for jj in js):
+            return  # the raw file reads white where nothing was written
+        tiles: dict = {}
+
+        def get(k: int, jj: int) -> np.ndarray:
+            if (k, jj) not in tiles:
+                t = readers[k].tile_at(jj)
+                tiles[(k, jj)] = self.white if t is None else t
+            return tiles[(k, jj)]
+
+        self.written[m, j] = True
+        self.raw.write(r[0], c[0], _blend_one(plan, r, c, get))
+
+    def finish(self) -> Path:
+        """After every tile row is committed: the last blends, the finished output."""
+        self._stop_thread()
+        self.blend_ready()
+        if self.m < self.plan.rows.count:  # pragma: no cover - would be a journal bug
+            raise RuntimeError(f"{self.wd.path}: tile rows missing after translation; "
+                               "delete it and rerun")
+        self.pool.shutdown()
+        out = self.stream.close()
+        self.wd.remove()
+        return out
+
+    def abort(self) -> None:
+        """Stop blending (the journal stays consistent) and drop the half-written pyramid."""
+        with contextlib.suppress(BaseException):  # the caller's exception is the one to raise
+            self._stop_thread()
+        self.pool.shutdown(cancel_futures=True)
+        self.stream.abort()
 
 
 def _blend_one(plan: RegionPlan, r, c, get_tile) -> np.ndarray:
@@ -362,15 +478,10 @@ def _blend_one(plan: RegionPlan, r, c, get_tile) -> np.ndarray:
     return block
 
 
-def _write_output(plan: RegionPlan, wd: WorkDir, out_path: Path, translator, slide_path: Path,
-                  progress: bool, pyramid_tile: int) -> Path:
-    from her2core.slide import write_pyramid
-
-    w, h = plan.out_size
-    raw = wd.raw_image(h, w)
-    props = {
+def _output_properties(plan: RegionPlan, translator, slide_path: Path) -> dict:
+    return {
         "kind": "virtual_her2",
-        "source_slide": slide_path.name,
+        "source_slide": Path(slide_path).name,
         "model": translator.name,
         "run": translator.run_name,
         "weights_sha256": translator.fingerprint,
@@ -379,26 +490,3 @@ def _write_output(plan: RegionPlan, wd: WorkDir, out_path: Path, translator, sli
         "roi": plan.roi_wkb is not None,
         **{k: v for k, v in plan.describe().items() if k != "roi_sha256"},
     }
-    bar = None
-    cb = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(desc=f"write {out_path.name}", unit="tile", dynamic_ncols=True)
-
-        def cb(done, total):
-            bar.total = total
-            bar.n = done
-            if done == total or done % 64 == 0:
-                bar.refresh()
-
-    try:
-        write_pyramid(out_path, raw, mpp=plan.work_mpp, tile=pyramid_tile,
-                      origin_xy=(float(plan.x0), float(plan.y0)), properties=props,
-                      progress=cb)
-    finally:
-        if bar is not None:
-            bar.close()
-    wd.remove()
-    return out_path
-

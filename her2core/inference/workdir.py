@@ -11,10 +11,11 @@ system, and a rerun with the same plan picks up exactly where it stopped.
       row_00012.u8     translated tiles of tile row 12, (T, T, 3) uint8 each in column order,
                        white tiles left out; a trailer of one byte per column says which
       blocks.json      {"blocks_done": m}: output block rows [0, m) are final in out.u8
-      out.u8           the blended region, raw (H, W, 3) uint8 (sparse until written)
+      out.u8           the blended region, raw (H, W, 3) uint8 stored inverted (255 - v), so
+                       what was never written (glass) reads white and stays sparse on disk
 
-Reads and writes go through short-lived band memmaps or plain file I/O, never a
-whole-region mapping, so the process's resident memory stays a few tiles.
+Reads and writes are positioned file I/O, never a mapping of the region, so the
+process's resident memory stays a few tiles.
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
+from her2core.slide.writer import RawImage
 from her2core.util.atomic import write_json
+
+__all__ = ["RawImage", "RowReader", "RowWriter", "WorkDir"]
 
 
 class WorkDir:
@@ -149,48 +153,3 @@ class RowReader:
             f.seek(int(self.index[j]) * self.nbytes)
             data = f.read(self.nbytes)
         return np.frombuffer(data, dtype=np.uint8).reshape(self.tile, self.tile, 3)
-
-
-class RawImage:
-    """A raw (H, W, 3) uint8 file, sliceable like an array, mapped one band at a time.
-
-    `write_pyramid` reads it as its source; each read maps only the rows it
-    needs and unmaps them again, so resident memory does not grow with the slide.
-    """
-
-    dtype = np.dtype(np.uint8)
-    ndim = 3
-
-    def __init__(self, path: Path, shape: tuple[int, int, int]):
-        self.path = Path(path)
-        self.shape = tuple(int(s) for s in shape)
-        size = int(np.prod(self.shape))
-        if not self.path.exists() or self.path.stat().st_size != size:
-            with open(self.path, "ab") as f:
-                f.truncate(size)  # sparse: unwritten parts read as zeros
-
-    def _band(self, r0: int, r1: int, mode: str) -> np.memmap:
-        w = self.shape[1]
-        return np.memmap(self.path, dtype=np.uint8, mode=mode, offset=r0 * w * 3,
-                         shape=(r1 - r0, w, 3))
-
-    def __getitem__(self, key) -> np.ndarray:
-        if not isinstance(key, tuple):
-            key = (key,)
-        rows = key[0] if isinstance(key[0], slice) else slice(key[0], key[0] + 1)
-        r0, r1, step = rows.indices(self.shape[0])
-        if step != 1:
-            raise IndexError("RawImage supports contiguous row slices only")
-        if r1 <= r0:
-            return np.zeros((0,) + tuple(self.shape[1:]), dtype=np.uint8)[tuple(key[1:])]
-        band = self._band(r0, r1, "r")
-        out = np.array(band[(slice(None),) + tuple(key[1:])])
-        del band
-        return out if isinstance(key[0], slice) else out[0]
-
-    def write(self, r0: int, c0: int, block: np.ndarray) -> None:
-        band = self._band(r0, r0 + block.shape[0], "r+")
-        band[:, c0:c0 + block.shape[1]] = block
-        # no msync: a shared mapping's writes are in the page cache at once, so a killed
-        # process resumes from them; syncing every block to disk cost ~18 ms each
-        del band
