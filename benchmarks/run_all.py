@@ -22,6 +22,7 @@ BENCHMARKS = {
     "diffusion": ("diffusion_sampling.py", [], ["--train-steps", "60"]),
     "slide": ("slide_inference.py", [], ["--skip-memory"]),
     "eval": ("eval_speed.py", [], ["--pairs", "24"]),
+    "registration": ("registration.py", ["--memory", "8192", "32768"], ["--cases", "nonrigid", "damage"]),
 }
 
 
