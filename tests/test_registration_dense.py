@@ -76,7 +76,7 @@ def test_review_residual_agrees_with_the_true_error(nonrigid, tmp_path):
         reg_path = write_registered(her2, res.transform, tmp_path / "her2_registered.ome.tif")
     rv = review(case.he_path, reg_path, tmp_path, region=256, transform=res.transform)
     cmp = bench.review_vs_truth(case, res.transform, rv)
-    assert cmp["regions"] >= 4
+    assert cmp["regions"] >= 3
     assert cmp["median_abs_diff_um"] <= 0.5, cmp
     assert cmp["flagged"] == 0 and rv["summary"]["flagged"] == 0
 

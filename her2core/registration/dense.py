@@ -53,11 +53,19 @@ def _box(x, k: int):
     return F.avg_pool2d(x, (k, 1), stride=1, padding=(p, 0), count_include_pad=False)
 
 
-def local_ncc(a, b, k: int, eps: float):
-    """Per-pixel local normalised cross-correlation of (1, 1, H, W) tensors over k x k windows."""
-    ma, mb = _box(a, k), _box(b, k)
-    va = (_box(a * a, k) - ma * ma).clamp_min(0)
-    vb = (_box(b * b, k) - mb * mb).clamp_min(0)
+def window_stats(a, k: int):
+    """(local mean, local variance) of a (1, 1, H, W) tensor over k x k windows."""
+    ma = _box(a, k)
+    return ma, (_box(a * a, k) - ma * ma).clamp_min(0)
+
+
+def local_ncc(a, b, k: int, eps: float, a_stats=None):
+    """Per-pixel local normalised cross-correlation of (1, 1, H, W) tensors over k x k windows.
+
+    `a_stats`: `window_stats(a, k)` when `a` stays fixed over many calls (saves two filters).
+    """
+    ma, va = a_stats if a_stats is not None else window_stats(a, k)
+    mb, vb = window_stats(b, k)
     cov = _box(a * b, k) - ma * mb
     return cov / (va * vb + eps).sqrt()
 
@@ -152,17 +160,22 @@ def _refine_tile(he_slide, her2_slide, t: Transform, minv, dev, s, m, ls, tile, 
         gq = (q - org_src) / s2 * scale_src - 1
         return F.grid_sample(mv, gq[None], mode="bilinear", padding_mode="border", align_corners=True)
 
+    fstats = window_stats(fx, window)
+
     def data_term(vv):
-        return (local_ncc(fx, warped(vv), window, eps) * wts).mean()
+        return (local_ncc(fx, warped(vv), window, eps, fstats) * wts).mean()
 
     with torch.no_grad():
         before = float(data_term(v))
+    # the step shrinks linearly to a tenth: large moves first, then sub-pixel settling
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0 - 0.9 * i / max(int(iterations), 1))
     for _ in range(int(iterations)):
         opt.zero_grad()
         reg = ((v[..., 1:, :] - v[..., :-1, :]) ** 2).mean() + ((v[..., :, 1:] - v[..., :, :-1]) ** 2).mean()
         loss = -data_term(v) + smooth * reg
         loss.backward()
         opt.step()
+        sched.step()
     with torch.no_grad():
         after = float(data_term(v))
     inc_nodes = v.detach().cpu().numpy()[0] * s             # (2, nny, nnx) level-0 px

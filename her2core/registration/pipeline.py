@@ -34,6 +34,8 @@ class RegistrationConfig:
     angle_step: float = 4.0                # degrees between tried rotations
     max_rotation: float = 180.0            # search +/- this many degrees (180 = any angle)
     affine_min_mpp: float = 2.0            # the finest affine pass
+    affine_max_mpp: float = 6.0            # the coarsest (on whole slides the thumbnail is far coarser,
+    #                                        and nuclei blur below the signal threshold there)
     affine_patch: int = 64
     affine_min_ncc: float = 0.3
     affine_smooth_um: float = 6.0          # blur of hematoxylin in affine passes (tissue-scale signal)
@@ -132,7 +134,7 @@ def register(he_path, her2_path, out_dir, *, he_mpp: float | None = None, her2_m
                       her2_size=her2.dimensions)
 
         # -- affine passes: coarse mpp down to affine_min_mpp, factor ~3 each ---------------
-        mpps = [coarse_mpp / 2]
+        mpps = [min(coarse_mpp / 2, max(cfg.affine_max_mpp, cfg.affine_min_mpp))]
         while mpps[-1] / 3 > cfg.affine_min_mpp:
             mpps.append(mpps[-1] / 3)
         if mpps[-1] > cfg.affine_min_mpp * 1.01:

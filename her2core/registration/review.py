@@ -64,15 +64,19 @@ def measure_residual(he, reg, center_xy, *, fine_mpp: float, coarse_mpp: float, 
 
 def review(he_path, registered_path, out_dir, *, region: int = 1024, threshold_um: float = 5.0,
            min_correlation: float = 0.5, min_patches: int = 3, min_patch_share: float = 0.2,
-           min_tissue: float = 0.25, patch_um: float = 48.0, review_mpp: float | None = None,
+           min_tissue: float = 0.25, patch_um: float = 48.0, patches_per_side: int = 4,
+           review_mpp: float | None = None,
            coarse_mpp: float = 2.0, transform=None, he_mpp: float | None = None,
            registered_mpp: float | None = None, preview_size: int = 1024,
            progress: Callable[[int, int], None] | None = None,
            cancel: Callable[[], bool] | None = None) -> dict:
     """Score `registered_path` against `he_path`; writes review.json, review.html and preview PNGs.
 
-    `transform`: a Transform or a transform.json path (default: transform.json beside the
-    registered slide, if any) whose plausibility is checked. Returns the review dict.
+    Patches of `patch_um` (at most `patches_per_side`² per region, spread evenly) count when
+    their correlation after the shift reaches `min_correlation`; a region needs `min_patches`
+    and `min_patch_share` of its patches with signal to be measured. `transform`: a Transform
+    or a transform.json path (default: transform.json beside the registered slide, if any)
+    whose plausibility is checked. Returns the review dict.
     """
     from her2core.registration.transform import Transform, load_transform
     from her2core.slide import open_slide
@@ -103,7 +107,8 @@ def review(he_path, registered_path, out_dir, *, region: int = 1024, threshold_u
         for i, (x, y, w, h) in enumerate(boxes):
             if cancel is not None and cancel():
                 raise KeyboardInterrupt
-            nx, ny = max(1, int(w // pitch)), max(1, int(h // pitch))
+            nx = min(patches_per_side, max(1, int(w // pitch)))
+            ny = min(patches_per_side, max(1, int(h // pitch)))
             cx = x + (np.arange(nx) + 0.5) * (w / nx)
             cy = y + (np.arange(ny) + 0.5) * (h / ny)
             shifts, corrs, measured = [], [], 0
