@@ -79,6 +79,10 @@ def test_review_residual_agrees_with_the_true_error(nonrigid, tmp_path):
     assert cmp["regions"] >= 3
     assert cmp["median_abs_diff_um"] <= 0.5, cmp
     assert cmp["flagged"] == 0 and rv["summary"]["flagged"] == 0
+    from her2core.cli import main
+
+    assert main(["review", str(case.he_path), str(reg_path), "--out", str(tmp_path / "cli"), "--region", "256"]) == 0
+    assert json.loads((tmp_path / "cli" / "review.json").read_text())["summary"] == rv["summary"]
 
     # a known local error: the registered content of one region moved by (+6, -4) µm
     with open_slide(reg_path) as r:
