@@ -12,6 +12,7 @@ through the full transform (affine + field) at every step, so nothing is compose
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -79,8 +80,6 @@ def refine_field(he_slide, her2_slide, t: Transform, tissue, levels, *, spacing:
                  margin_px: int = 64, device=None,
                  cancel: Callable[[], bool] | None = None) -> list[dict]:
     """Optimise `t.field` in place (resampled to nodes `spacing` level-0 px apart); returns per-level records."""
-    import time
-
     import torch
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -109,7 +108,7 @@ def refine_field(he_slide, her2_slide, t: Transform, tissue, levels, *, spacing:
                 if g is not None:
                     gain.append(g)
                     done += 1
-        records.append({"stage": "dense", "mpp": m, "node_um": ls * he_mpp, "iterations": lv.iterations,
+        records.append({"stage": "dense", "mpp": m, "node_um": round(ls * he_mpp, 3), "iterations": lv.iterations,
                         "tiles": done, "cpu_s": round(time.process_time() - cpu0, 2),
                         "ncc_before": float(np.mean([g[0] for g in gain])) if gain else None,
                         "ncc_after": float(np.mean([g[1] for g in gain])) if gain else None})
