@@ -23,6 +23,7 @@ BENCHMARKS = {
     "slide": ("slide_inference.py", [], ["--skip-memory"]),
     "eval": ("eval_speed.py", [], ["--pairs", "24"]),
     "mixed": ("mixed_scale.py", [], ["--sizes", "6k", "36k"]),
+    "registration": ("registration.py", ["--memory", "8192", "32768"], ["--cases", "nonrigid", "damage"]),
 }
 
 

@@ -124,7 +124,7 @@ def test_rotated_rescaled_pair_at_other_mpp(base, tmp_path):
     a = AffineTransform(rotation=theta, scale=2.0, translation=(590, -5))  # HER2 frame covers the tissue
     her2 = warp(he, a, output_shape=(300, 300), order=1, cval=255, preserve_range=True).astype(np.uint8)
     write_pyramid(tmp_path / "her2.ome.tif", her2, mpp=2.0)
-    cfg = RegistrationConfig(field_passes=(), affine_min_mpp=2.0, coarse_size=128)
+    cfg = RegistrationConfig(field_passes=(), dense=False, affine_min_mpp=2.0, coarse_size=128)
     res = register(tmp_path / "he.ome.tif", tmp_path / "her2.ome.tif", tmp_path / "reg", config=cfg,
                    write_image=False, run_review=False)
     q = np.array([[100.0, 100.0], [150.0, 200.0], [200.0, 120.0]])
@@ -169,19 +169,20 @@ def test_review_flags_regions_with_a_bad_transform(base, tmp_path):
     case, reg = registered_same(base)
     with open_slide(reg / "her2_registered.ome.tif") as r:
         img = r.read_level(0)
-    good = review(case / "he.ome.tif", reg / "her2_registered.ome.tif", tmp_path / "good", region=512)
-    assert good["summary"]["flagged"] == 0
-    # a bad local transform in one well-matched 512-px region: content shifted by ~29 µm
-    target = max(good["regions"], key=lambda r: r["correlation"])
+    good = review(case / "he.ome.tif", reg / "her2_registered.ome.tif", tmp_path / "good", region=1024)
+    assert good["summary"]["flagged"] == 0 and good["summary"]["regions"] >= 3
+    # a bad local transform in one well-matched 1024-px region: content shifted by ~29 µm
+    target = max(good["regions"], key=lambda r: r["patches_matched"])
     x0, y0 = target["x"], target["y"]
     bad = img.copy()
-    bad[y0:y0 + 512, x0:x0 + 512] = np.roll(img, (60, 100), axis=(0, 1))[y0:y0 + 512, x0:x0 + 512]
+    bad[y0:y0 + 1024, x0:x0 + 1024] = np.roll(img, (60, 100), axis=(0, 1))[y0:y0 + 1024, x0:x0 + 1024]
     write_pyramid(tmp_path / "bad.ome.tif", bad, mpp=0.25)
-    rv = review(case / "he.ome.tif", tmp_path / "bad.ome.tif", tmp_path / "rev", region=512)
+    rv = review(case / "he.ome.tif", tmp_path / "bad.ome.tif", tmp_path / "rev", region=1024)
     flagged = {(r["x"], r["y"]) for r in rv["regions"] if r["flagged"]}
     assert flagged == {(x0, y0)}
     row = next(r for r in rv["regions"] if (r["x"], r["y"]) == (x0, y0))
-    assert row["shift_um"] == pytest.approx(np.hypot(15, 25), abs=3.0)
+    assert row["shift_um"] == pytest.approx(np.hypot(15, 25), abs=1.0)
+    assert (row["dx_um"], row["dy_um"]) == pytest.approx((25.0, 15.0), abs=1.0)
 
 
 def test_failed_registration_is_one_clear_error(base, tmp_path):

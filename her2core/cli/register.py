@@ -27,7 +27,7 @@ def run(args) -> int:
     cfg = RegistrationConfig(max_rotation=args.max_rotation, review_region=args.review_region,
                              review_threshold_um=args.threshold_um, seed=args.seed)
     if args.no_field:
-        cfg.field_passes = ()
+        cfg.field_passes, cfg.dense = (), False
     with named_bars("step") as progress:
         res = register(args.he, args.her2, args.out, he_mpp=args.he_mpp or args.mpp,
                        her2_mpp=args.her2_mpp or args.mpp, config=cfg, write_image=not args.no_image,

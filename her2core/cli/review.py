@@ -13,7 +13,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: the one beside the registered slide)")
     p.add_argument("--region", type=int, default=1024, help="region side, level-0 px")
     p.add_argument("--threshold-um", type=float, default=5.0, help="flag regions with a larger residual shift")
-    p.add_argument("--min-correlation", type=float, default=0.1, help="flag regions correlating less")
+    p.add_argument("--min-correlation", type=float, default=0.5,
+                   help="a patch counts when its correlation after the shift reaches this")
     p.add_argument("--mpp", type=float, default=None, help="microns per pixel of both slides, if missing")
 
 

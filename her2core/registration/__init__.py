@@ -6,7 +6,8 @@
     he_xy = t.her2_to_he(her2_xy)                              # points, (N, 2) level-0 (x, y)
     feats = map_features(read_features("rois_her2.geojson"), t)  # QuPath GeoJSON HER2 -> H&E
 
-See `transform.py` for the transform.json schema and the field's direction.
+See `transform.py` for the transform.json schema and the field's direction, `dense.py` for the
+non-rigid stage and `review.py` for how the residual is measured.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
-"""`register`: coarse rigid on thumbnails -> robust affine passes -> local displacement field.
+"""`register`: coarse rigid on thumbnails -> robust affine passes -> dense non-rigid field.
 
 Why this order: the coarse search makes any rotation and large shift small; affine passes
-on block matches (RANSAC) absorb the scanner's scale/shear; the field passes then correct
-what is left locally (tissue stretch, section deformation), first at tissue-structure scale
-(2 µm/px) so consecutive sections still align region by region, then at cell scale
-(0.5 µm/px) where only same-section pairs give confident matches. Patches that do not
-match confidently (low correlation) or disagree with their neighbours are dropped, and the
-field is filled smoothly between the ones that remain.
+on block matches (RANSAC) absorb the scanner's scale/shear; the dense stage
+(`registration.dense`) then optimises a displacement field on the images themselves, coarse
+to fine (8 -> 1 µm/px), so tissue stretch is followed everywhere, also in stroma where few
+patches would give a confident block match. The older block-matching field passes remain
+available (`field_passes`), off by default: their 64 µm grid and fall-back to the affine
+where matches fail left 2-3 µm median error on deformed tissue (issue #19).
 """
 
 from __future__ import annotations
@@ -34,16 +34,28 @@ class RegistrationConfig:
     angle_step: float = 4.0                # degrees between tried rotations
     max_rotation: float = 180.0            # search +/- this many degrees (180 = any angle)
     affine_min_mpp: float = 2.0            # the finest affine pass
+    affine_max_mpp: float = 6.0            # the coarsest (on whole slides the thumbnail is far coarser,
+    #                                        and nuclei blur below the signal threshold there)
     affine_patch: int = 64
     affine_min_ncc: float = 0.3
     affine_smooth_um: float = 6.0          # blur of hematoxylin in affine passes (tissue-scale signal)
     affine_max_points: int = 400
     # (mpp, patch px, min correlation, smoothing µm, phase normalisation)
-    field_passes: tuple = ((2.0, 64, 0.3, 6.0, False), (0.5, 128, 0.4, 0.0, True))
-    field_spacing_um: float = 64.0         # field node pitch
+    # block-matching field passes (mpp, patch px, min correlation, smoothing µm, phase
+    # normalisation), before the dense stage; off by default (the dense stage measures better)
+    field_passes: tuple = ()
+    field_spacing_um: float = 64.0         # node pitch of the block-matching field
     field_sigma: float = 0.75              # smoothing, in nodes
     outlier_tol_um: float = 6.0            # a node off its neighbours' median by more is dropped
     max_field_points: int = 4000
+    dense: bool = True                     # dense non-rigid refinement (registration.dense)
+    # (mpp, increment node pitch µm, Adam steps), coarse to fine
+    dense_levels: tuple = ((8.0, 64.0, 100), (4.0, 32.0, 100), (2.0, 16.0, 80), (1.0, 8.0, 25))
+    dense_node_um: float = 8.0             # pitch of the saved field's nodes
+    dense_window: int = 9                  # local-NCC window, work px
+    dense_smooth: float = 0.5              # diffusion prior weight
+    dense_lr: float = 0.3                  # Adam step, work px
+    dense_tile_px: int = 1536              # work px per tile side (bounded memory on whole slides)
     min_matched: int = 6                   # fewer confident matches in the first affine pass = failure
     write_tile: int = 1024
     review_region: int = 1024
@@ -122,7 +134,7 @@ def register(he_path, her2_path, out_dir, *, he_mpp: float | None = None, her2_m
                       her2_size=her2.dimensions)
 
         # -- affine passes: coarse mpp down to affine_min_mpp, factor ~3 each ---------------
-        mpps = [coarse_mpp / 2]
+        mpps = [min(coarse_mpp / 2, max(cfg.affine_max_mpp, cfg.affine_min_mpp))]
         while mpps[-1] / 3 > cfg.affine_min_mpp:
             mpps.append(mpps[-1] / 3)
         if mpps[-1] > cfg.affine_min_mpp * 1.01:
@@ -180,6 +192,16 @@ def register(he_path, her2_path, out_dir, *, he_mpp: float | None = None, her2_m
                                "median_shift_um": float(np.median(np.linalg.norm(inc[m.valid], axis=1)) * he.mpp)
                                if m.valid.any() else None})
                 tick("field", k + 1, len(cfg.field_passes))
+
+        if cfg.dense:
+            from her2core.registration.dense import DenseLevel, refine_field
+
+            tick("dense", 0, 1)
+            passes += refine_field(he, her2, t, tissue, [DenseLevel(*lv) for lv in cfg.dense_levels],
+                                   spacing=cfg.dense_node_um / he.mpp, window=cfg.dense_window,
+                                   smooth=cfg.dense_smooth, lr=cfg.dense_lr, tile_px=cfg.dense_tile_px,
+                                   cancel=cancel)
+            tick("dense", 1, 1)
 
         warnings = t.plausibility_warnings()
         t.info = {"he_path": str(Path(he_path).resolve()), "her2_path": str(Path(her2_path).resolve()),

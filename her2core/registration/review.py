@@ -1,10 +1,15 @@
-"""Review a registration region by region: residual shift in microns, correlation, previews.
+"""Review a registration region by region: residual in microns, measured independently, previews.
 
 Why: a user must *see* whether a registration is good enough before trusting its tiles
 (ecosystem notes §5: per-region residuals, checkerboard, overlap image, warnings on
-implausible transforms). Each tissue region of the H&E slide (default 1024² level-0 px) is
-compared with the same region of the registered HER2 slide on hematoxylin optical density:
-phase correlation gives the residual shift, normalised correlation the agreement.
+implausible transforms). The review does not trust the transform: it compares the H&E
+slide with the registered HER2 slide on hematoxylin optical density, patch by patch inside
+each tissue region (default 1024² level-0 px), by block matching (a coarse phase correlation
+at `coarse_mpp` for large offsets, refined at `review_mpp`), which is a different measurement
+from the dense optimisation that made the field. A patch counts only when its correlation
+after the shift is high; a region's residual is the median over its counted patches. A region
+with too few counted patches is "no reliable match": listed apart (`no_match_regions`), never
+flagged as misregistered and never part of the statistics. Thresholds are in microns.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from her2core.errors import UserError
-from her2core.registration.match import ncc, patch_shift
+from her2core.registration.match import patch_shift
+from her2core.registration.warp import read_he_patch
 from her2core.stain import hematoxylin_od
 from her2core.util.atomic import write_json, write_png, write_text
 
@@ -27,15 +33,50 @@ def _regions(w: int, h: int, region: int):
             yield x, y, min(region, w - x), min(region, h - y)
 
 
+def measure_residual(he, reg, center_xy, *, fine_mpp: float, coarse_mpp: float, fine_um: float = 48.0,
+                     coarse_um: float = 128.0, min_signal: float = 0.05) -> tuple[np.ndarray, float] | None:
+    """(dx, dy) µm that the registered slide is off at level-0 `center_xy`, and the correlation after it.
+
+    Positive dx: the registered HER2 content sits to the right of the H&E's. None when the
+    H&E patch holds too little hematoxylin to measure anything.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    mpp0 = he.require_mpp()
+    nc = max(16, round(coarse_um / coarse_mpp))
+    a = hematoxylin_od(read_he_patch(he, center_xy, nc, coarse_mpp))
+    if (a > 0.1).mean() < min_signal:
+        return None
+    b = hematoxylin_od(read_he_patch(reg, center_xy, nc, coarse_mpp))
+    # tissue-scale texture for the coarse search (nuclear density, not single nuclei)
+    sg = 4.0 / coarse_mpp
+    sh, _ = patch_shift(gaussian_filter(a, sg), gaussian_filter(b, sg), normalization=None)
+    coarse = -sh[::-1] * coarse_mpp                      # (dx, dy) µm of reg relative to H&E
+    if np.abs(coarse).max() > 0.35 * coarse_um:
+        coarse = np.zeros(2)
+    nf = max(16, round(fine_um / fine_mpp))
+    a = hematoxylin_od(read_he_patch(he, center_xy, nf, fine_mpp))
+    moved = np.asarray(center_xy, float) + coarse / mpp0
+    b = hematoxylin_od(read_he_patch(reg, moved, nf, fine_mpp))
+    sf, corr = patch_shift(a, b)
+    return coarse - sf[::-1] * fine_mpp, corr
+
+
 def review(he_path, registered_path, out_dir, *, region: int = 1024, threshold_um: float = 5.0,
-           min_correlation: float = 0.1, min_tissue: float = 0.25, review_mpp: float | None = None,
-           transform=None, he_mpp: float | None = None, registered_mpp: float | None = None,
-           preview_size: int = 1024, progress: Callable[[int, int], None] | None = None,
+           min_correlation: float = 0.5, min_patches: int = 3, min_patch_share: float = 0.2,
+           min_tissue: float = 0.25, patch_um: float = 48.0, patches_per_side: int = 4,
+           review_mpp: float | None = None,
+           coarse_mpp: float = 2.0, transform=None, he_mpp: float | None = None,
+           registered_mpp: float | None = None, preview_size: int = 1024,
+           progress: Callable[[int, int], None] | None = None,
            cancel: Callable[[], bool] | None = None) -> dict:
     """Score `registered_path` against `he_path`; writes review.json, review.html and preview PNGs.
 
-    `transform`: a Transform or a transform.json path (default: transform.json beside the
-    registered slide, if any) whose plausibility is checked. Returns the review dict.
+    Patches of `patch_um` (at most `patches_per_side`² per region, spread evenly) count when
+    their correlation after the shift reaches `min_correlation`; a region needs `min_patches`
+    and `min_patch_share` of its patches with signal to be measured. `transform`: a Transform
+    or a transform.json path (default: transform.json beside the registered slide, if any)
+    whose plausibility is checked. Returns the review dict.
     """
     from her2core.registration.transform import Transform, load_transform
     from her2core.slide import open_slide
@@ -57,40 +98,62 @@ def review(he_path, registered_path, out_dir, *, region: int = 1024, threshold_u
         if transform is not None and not isinstance(transform, Transform):
             transform = load_transform(transform)
         rmpp = review_mpp or max(mpp, 0.5)
+        cmpp = max(coarse_mpp, rmpp)
         tissue = detect_tissue(he, TissueConfig(mask_mpp=max(8.0, mpp)))
         W, H = he.dimensions
         boxes = [b for b in _regions(W, H, region) if tissue.coverage(*b) >= min_tissue]
-        rows = []
+        rows, unmatched, all_counted = [], [], []
+        pitch = patch_um / mpp                                 # patch centres, level-0 px apart
         for i, (x, y, w, h) in enumerate(boxes):
             if cancel is not None and cancel():
                 raise KeyboardInterrupt
-            size = (w * mpp, h * mpp)
-            a = hematoxylin_od(he.read_at_mpp((x, y), size, rmpp))
-            b = hematoxylin_od(reg.read_at_mpp((x, y), size, rmpp))
-            n = min(a.shape)
-            a, b = a[:n, :n], b[:n, :n]
-            corr = ncc(a, b)
-            shift, corr_aligned = patch_shift(a, b)
-            dx, dy = float(shift[1] * rmpp), float(shift[0] * rmpp)
-            s_um = float(np.hypot(dx, dy))
-            reasons = []
-            if s_um > threshold_um:
-                reasons.append(f"shift {s_um:.1f} µm > {threshold_um:g}")
-            if corr_aligned < min_correlation:
-                reasons.append(f"correlation {corr_aligned:.2f} < {min_correlation:g} (no reliable match)")
-            rows.append({"x": x, "y": y, "w": w, "h": h, "shift_um": round(s_um, 3), "dx_um": round(dx, 3),
-                         "dy_um": round(dy, 3), "correlation": round(corr, 4),
-                         "correlation_aligned": round(corr_aligned, 4), "flagged": bool(reasons),
-                         "reasons": reasons})
+            nx = min(patches_per_side, max(1, int(w // pitch)))
+            ny = min(patches_per_side, max(1, int(h // pitch)))
+            cx = x + (np.arange(nx) + 0.5) * (w / nx)
+            cy = y + (np.arange(ny) + 0.5) * (h / ny)
+            shifts, corrs, measured = [], [], 0
+            for yy in cy:
+                for xx in cx:
+                    if not tissue.contains_xy(np.array([[xx, yy]]))[0]:
+                        continue
+                    res = measure_residual(he, reg, (xx, yy), fine_mpp=rmpp, coarse_mpp=cmpp,
+                                           fine_um=patch_um, coarse_um=max(2.5 * patch_um, 96.0))
+                    if res is None:
+                        continue
+                    measured += 1
+                    if res[1] >= min_correlation:
+                        shifts.append(res[0])
+                        corrs.append(res[1])
+            row = {"x": x, "y": y, "w": w, "h": h, "patches": measured, "patches_matched": len(shifts)}
+            if len(shifts) < max(min_patches, min_patch_share * measured):
+                why = (f"{len(shifts)} of {measured} patches match with correlation >= {min_correlation:g} "
+                       "(no reliable match)")
+                row.update(status="no_match", reasons=[why])
+                unmatched.append(row)
+            else:
+                sv = np.array(shifts)
+                mag = np.linalg.norm(sv, axis=1)
+                s_um = float(np.median(mag))
+                dx, dy = (float(v) for v in np.median(sv, axis=0))
+                reasons = [f"residual {s_um:.1f} µm > {threshold_um:g} µm"] if s_um > threshold_um else []
+                all_counted.extend(mag.tolist())
+                row.update(status="measured", residual_um=round(s_um, 3), shift_um=round(s_um, 3),
+                           p90_um=round(float(np.percentile(mag, 90)), 3), dx_um=round(dx, 3),
+                           dy_um=round(dy, 3), correlation=round(float(np.median(corrs)), 4),
+                           flagged=bool(reasons), reasons=reasons)
+                rows.append(row)
             if progress is not None:
                 progress(i + 1, len(boxes))
         shifts = np.array([r["shift_um"] for r in rows]) if rows else np.zeros(0)
         summary = {
             "regions": len(rows),
             "flagged": int(sum(r["flagged"] for r in rows)),
+            "no_match": len(unmatched),
             "median_shift_um": float(np.median(shifts)) if rows else None,
             "p90_shift_um": float(np.percentile(shifts, 90)) if rows else None,
             "max_shift_um": float(shifts.max()) if rows else None,
+            "patch_median_um": float(np.median(all_counted)) if all_counted else None,
+            "patch_p90_um": float(np.percentile(all_counted, 90)) if all_counted else None,
             "median_correlation": float(np.median([r["correlation"] for r in rows])) if rows else None,
         }
         warnings = []
@@ -99,12 +162,15 @@ def review(he_path, registered_path, out_dir, *, region: int = 1024, threshold_u
             warnings = transform.plausibility_warnings()
             tinfo = {"affine": transform.affine_decomposition(),
                      "field_min_jacobian": transform.field_jacobian_min()}
-        if not rows:
+        if not rows and not unmatched:
             warnings.append("no tissue region large enough to review")
-        previews = _write_previews(he, reg, out_dir, rows, preview_size)
+        elif not rows:
+            warnings.append("no region could be measured (no reliable match anywhere)")
+        previews = _write_previews(he, reg, out_dir, rows + unmatched, preview_size)
         result = {"he": str(he_path), "registered": str(registered_path), "mpp": mpp, "review_mpp": rmpp,
-                  "region_px": region, "threshold_um": threshold_um, "min_correlation": min_correlation,
-                  "summary": summary, "regions": rows, "warnings": warnings, "transform": tinfo,
+                  "coarse_mpp": cmpp, "patch_um": patch_um, "region_px": region, "threshold_um": threshold_um,
+                  "min_correlation": min_correlation, "summary": summary, "regions": rows,
+                  "no_match_regions": unmatched, "warnings": warnings, "transform": tinfo,
                   "previews": previews}
         write_json(out_dir / "review.json", result)
         write_text(out_dir / "review.html", _html(result))
@@ -137,7 +203,8 @@ def _write_previews(he, reg, out_dir: Path, rows: list[dict], size: int) -> dict
     overlay = (np.stack([ha, hb, ha], axis=-1) * 255).astype(np.uint8)
     flagged = overlay.copy()
     for r in rows:
-        color = (255, 40, 40) if r["flagged"] else (90, 90, 255)
+        color = ((160, 160, 160) if r.get("status") == "no_match"
+                 else (255, 40, 40) if r["flagged"] else (90, 90, 255))
         r0, c0 = int(r["y"] / ds), int(r["x"] / ds)
         r1, c1 = int((r["y"] + r["h"]) / ds) - 1, int((r["x"] + r["w"]) / ds) - 1
         rr, cc = rectangle_perimeter((r0, c0), end=(max(r0, r1 - 1), max(c0, c1 - 1)), shape=flagged.shape[:2])
@@ -162,22 +229,28 @@ def _html(r: dict) -> str:
     trs = "".join(
         f"<tr><td>{x['x']}</td><td>{x['y']}</td><td>{x['shift_um']:.2f}</td><td>{x['correlation']:.2f}</td>"
         f"<td>{esc('; '.join(x['reasons']))}</td></tr>" for x in flagged) or "<tr><td colspan=5>none</td></tr>"
+    nm = "".join(f"<tr><td>{x['x']}</td><td>{x['y']}</td><td>{x['patches_matched']} / {x['patches']}</td></tr>"
+                 for x in r.get("no_match_regions", [])) or "<tr><td colspan=3>none</td></tr>"
     p = r["previews"]
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Registration review</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}} td,th{{padding:2px 8px;text-align:right}}
 .warn{{color:#b00;font-weight:bold}} img{{max-width:32%;margin:0.5%;border:1px solid #ccc}}</style></head><body>
 <h1>Registration review</h1>
 <p>H&amp;E: <code>{esc(r['he'])}</code><br>registered HER2: <code>{esc(r['registered'])}</code></p>
-<table><tr><th>regions</th><th>flagged</th><th>median shift µm</th><th>p90 µm</th><th>max µm</th>
-<th>median correlation</th></tr><tr><td>{s['regions']}</td><td>{s['flagged']}</td>
+<table><tr><th>regions measured</th><th>flagged</th><th>no reliable match</th><th>median residual µm</th><th>p90 µm</th><th>max µm</th>
+<th>median correlation</th></tr><tr><td>{s['regions']}</td><td>{s['flagged']}</td><td>{s.get('no_match', 0)}</td>
 <td>{fmt(s['median_shift_um'])}</td><td>{fmt(s['p90_shift_um'])}</td><td>{fmt(s['max_shift_um'])}</td>
 <td>{fmt(s['median_correlation'])}</td></tr></table>
-<p>Regions of {r['region_px']} px at level 0, compared at {r['review_mpp']:g} µm/px on hematoxylin; flagged when the
-residual shift exceeds {r['threshold_um']:g} µm or the aligned correlation is below {r['min_correlation']:g}.</p>
+<p>Regions of {r['region_px']} px at level 0, measured patch by patch ({r.get('patch_um', 0):g} µm patches,
+block matching on hematoxylin at {r['review_mpp']:g} µm/px); a patch counts when its correlation after the shift is
+at least {r['min_correlation']:g}; a region's residual is the median over its counted patches and it is flagged when
+that exceeds {r['threshold_um']:g} µm. Regions with too few counted patches are listed apart as "no reliable match"
+and left out of every statistic.</p>
 <h2>Warnings</h2><ul>{warn}</ul>
 <h2>Previews</h2><p>checkerboard (H&amp;E / registered HER2) · overlay (magenta H&amp;E nuclei, green HER2 nuclei,
 white where they agree) · regions (red = flagged)</p>
 <img src="{p['checkerboard']}"><img src="{p['overlay']}"><img src="{p['regions']}">
-<h2>Flagged regions</h2><table><tr><th>x</th><th>y</th><th>shift µm</th><th>correlation</th><th>why</th></tr>{trs}</table>
+<h2>Flagged regions</h2><table><tr><th>x</th><th>y</th><th>residual µm</th><th>correlation</th><th>why</th></tr>{trs}</table>
+<h2>No reliable match (not measured, not in the statistics)</h2><table><tr><th>x</th><th>y</th><th>patches matched</th></tr>{nm}</table>
 </body></html>
 """

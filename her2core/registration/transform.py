@@ -69,8 +69,8 @@ class Transform:
         gr = (flat[:, 1] - self.field_origin_xy[1]) / self.field_spacing
         out = np.empty_like(flat)
         for k in range(2):
-            out[:, k] = map_coordinates(self.field[k].astype(np.float64), [gr, gc], order=1,
-                                        mode="nearest")
+            out[:, k] = map_coordinates(self.field[k], [gr, gc], order=1, mode="nearest",
+                                        output=np.float64)
         return out.reshape(pts.shape)
 
     def he_to_her2(self, he_xy) -> np.ndarray:

@@ -166,3 +166,75 @@ def resample(layers: list[np.ndarray], canvas_origin_xy: tuple[float, float], ma
         for src, dst in zip(layers, outs):
             dst[r0:r0 + n] = map_coordinates(src, coords, order=1, mode="constant", cval=0.0)
     return outs
+
+
+def sampled_grid(size_xy: tuple[int, int], spacing: float, fn) -> DisplacementGrid:
+    """A DisplacementGrid holding `fn(x, y) -> (dx, dy)` (arrays of HER2 px) at nodes `spacing` px apart."""
+    w, h = size_xy
+    nc, nr = int(np.ceil(w / spacing)) + 1, int(np.ceil(h / spacing)) + 1
+    gx, gy = np.meshgrid(np.arange(nc) * float(spacing), np.arange(nr) * float(spacing))
+    dx, dy = fn(gx, gy)
+    return DisplacementGrid((0.0, 0.0), float(spacing), np.round(dx, 6), np.round(dy, 6))
+
+
+def wave_field(rng: np.random.Generator, *, amplitude_px: tuple[float, float],
+               wavelength_px: tuple[float, float], waves: int = 3):
+    """fn(x, y) -> (dx, dy): smooth tissue stretch, a sum of plane waves per component.
+
+    Why plane waves: their wavelength (how local the stretch is) and peak amplitude are
+    set directly, as in the restained-slide deformations of the registration benchmark.
+    """
+    comps = []
+    for _ in range(2):
+        ks = []
+        for _ in range(waves):
+            lam = rng.uniform(*wavelength_px)
+            ang = rng.uniform(0, np.pi)
+            ks.append((2 * np.pi / lam * np.cos(ang), 2 * np.pi / lam * np.sin(ang), rng.uniform(0, 2 * np.pi),
+                       rng.uniform(0.5, 1.0)))
+        comps.append(ks)
+    amp = float(rng.uniform(*amplitude_px))
+
+    def fn(x, y):
+        out = []
+        for ks in comps:
+            out.append(sum(a * np.sin(kx * x + ky * y + ph) for kx, ky, ph, a in ks))
+        norm = float(np.sqrt(out[0] ** 2 + out[1] ** 2).max()) + 1e-12
+        return out[0] * (amp / norm), out[1] * (amp / norm)
+
+    return fn
+
+
+def tear_field(p0_xy, p1_xy, *, opening_px: float, width_px: float):
+    """fn(x, y) -> (dx, dy): a tear along the segment p0-p1 that opens by `opening_px` in HER2.
+
+    The HER2 side across the segment is pulled apart along its normal; the change happens over
+    `width_px` (> 2 x opening keeps the map invertible) and fades out past the segment's ends.
+    Used with `tear_gap_mask` to blank the opened strip (torn-away tissue).
+    """
+    p0, p1 = np.asarray(p0_xy, float), np.asarray(p1_xy, float)
+    t = (p1 - p0) / np.linalg.norm(p1 - p0)
+    nrm = np.array([-t[1], t[0]])
+    length = float(np.linalg.norm(p1 - p0))
+
+    def fn(x, y):
+        rx, ry = x - p0[0], y - p0[1]
+        d = rx * nrm[0] + ry * nrm[1]          # signed distance to the line
+        s = rx * t[0] + ry * t[1]              # position along it
+        step = np.clip(d / width_px, -0.5, 0.5)  # -0.5 .. 0.5 across the strip
+        fade = np.clip(np.minimum(s, length - s) / width_px + 1.0, 0.0, 1.0)
+        mag = -opening_px * step * fade        # HER2 points move towards the line: H&E shows less
+        return mag * nrm[0], mag * nrm[1]
+
+    return fn
+
+
+def tear_gap_mask(p0_xy, p1_xy, width_px: float, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Boolean mask of HER2 points (x, y) inside the opened strip of `tear_field` (torn, empty glass)."""
+    p0, p1 = np.asarray(p0_xy, float), np.asarray(p1_xy, float)
+    t = (p1 - p0) / np.linalg.norm(p1 - p0)
+    nrm = np.array([-t[1], t[0]])
+    rx, ry = x - p0[0], y - p0[1]
+    d = rx * nrm[0] + ry * nrm[1]
+    s = rx * t[0] + ry * t[1]
+    return (np.abs(d) < width_px / 2) & (s > 0) & (s < np.linalg.norm(p1 - p0))

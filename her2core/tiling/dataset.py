@@ -184,6 +184,27 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def review_flagged_boxes(case: Case) -> list[tuple[float, float, float, float]]:
+    """Level-0 (x, y, w, h) of the regions `her2 register`'s review flagged for this case's pair.
+
+    Read from review.json beside the registered slide (or the transform); tiles touching
+    one are dropped ("review_flagged"): the review measured a residual above its threshold
+    there. "No reliable match" regions are not flagged (nothing was measured); per-tile QC
+    still checks them.
+    """
+    import json
+
+    for p in (case.her2_registered, case.transform):
+        if p is not None and (Path(p).parent / "review.json").is_file():
+            try:
+                rv = json.loads((Path(p).parent / "review.json").read_text())
+            except (OSError, ValueError) as exc:
+                raise UserError(f"{Path(p).parent / 'review.json'}: unreadable review ({exc}); "
+                                "re-run `her2 review` or delete it") from None
+            return [(r["x"], r["y"], r["w"], r["h"]) for r in rv.get("regions", []) if r.get("flagged")]
+    return []
+
+
 def tile_case(case: Case, split: str, out_dir: Path, cfg: TileConfig, *, mpp: float | None = None,
               workers: int = 1, progress: Callable[[int, int], None] | None = None,
               cancel: Callable[[], bool] | None = None) -> list[dict]:
@@ -201,6 +222,7 @@ def tile_case(case: Case, split: str, out_dir: Path, cfg: TileConfig, *, mpp: fl
     if not cands:
         raise UserError(f"{case.he}: case {case.case}: no tile has {cfg.min_coverage:.0%} tissue"
                         + (" inside the ROIs" if case.rois else "") + "; lower --min-coverage or check the ROIs")
+    flagged_boxes = review_flagged_boxes(case)
     rows = _read_progress(prog)
     done = {(int(r["x"]), int(r["y"])) for r in rows
             if r["kept"] != "1" or ((out_dir / r["he_path"]).exists() and (out_dir / r["ihc_path"]).exists())}
@@ -226,6 +248,9 @@ def tile_case(case: Case, split: str, out_dir: Path, cfg: TileConfig, *, mpp: fl
         r = reader()
         he, ihc = r.read(x, y)
         vals, reasons = tile_qc(he, ihc, cfg.out_mpp, cfg.qc)
+        if any(x < bx + bw and bx < x + size0 and y < by + bh and by < y + size0
+               for bx, by, bw, bh in flagged_boxes):
+            reasons.append("review_flagged")
         name = f"{case.case}_x{x}_y{y}.png"
         kept = not reasons
         he_rel = f"{he_dir}/{split}/{name}" if kept else ""
