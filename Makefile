@@ -43,7 +43,7 @@ screenshots: $(STAMP)
 	$(BIN)/python scripts/screenshots.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check her2core napari_her2stain tests benchmarks
+	$(BIN)/ruff check her2core napari_her2stain tests benchmarks scripts
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -8,6 +8,6 @@ this package imports nothing heavy at import time.
 
 __version__ = "0.1.0"
 
-from her2core.errors import UserError  # noqa: E402  (tiny, no dependencies)
+from her2core.errors import UserError
 
 __all__ = ["UserError", "__version__"]

@@ -23,7 +23,7 @@ if "QT_API" not in os.environ and _qt6_binding():
 if os.environ.get("QT_API", "").lower() in ("pyqt5", "pyqt6", "pyside6"):
     os.environ.setdefault("PYTEST_QT_API", os.environ["QT_API"].lower())
 
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -138,14 +138,14 @@ def copy(her2match, tmp_path):
 
 
 def test_unpaired_file_is_named(copy):
-    victim = sorted((copy / "IHC_20x" / "train").glob("*.png"))[0]
+    victim = min((copy / "IHC_20x" / "train").glob("*.png"))
     victim.unlink()
     with pytest.raises(UserError, match=f"{victim.stem}.png.*no match"):
         open_paired(copy, "train")
 
 
 def test_corrupt_file_is_named(copy):
-    victim = sorted((copy / "HE_20x" / "val").glob("*.png"))[0]
+    victim = min((copy / "HE_20x" / "val").glob("*.png"))
     victim.write_bytes(b"not a png at all")
     with pytest.raises(UserError, match=victim.name):
         open_paired(copy, "val")
@@ -159,7 +159,7 @@ def test_corrupt_file_is_named(copy):
 def test_size_mismatch_is_named(copy):
     from PIL import Image
 
-    victim = sorted((copy / "IHC_20x" / "test").glob("*.png"))[0]
+    victim = min((copy / "IHC_20x" / "test").glob("*.png"))
     Image.new("RGB", (16, 16), "white").save(victim)
     with pytest.raises(UserError, match=f"{victim.name}.*same size"):
         open_paired(copy, "test")

@@ -60,7 +60,7 @@ def apply(rgb: np.ndarray, kind: str, box: list[int], mpp: float, rng: np.random
     elif kind == "fold":
         # tissue folded over itself: the OD of a shifted copy adds to the strip
         od = rgb_to_hed(region)
-        shift = int(round(25.0 / mpp))
+        shift = round(25.0 / mpp)
         doubled = od + np.roll(od, shift, axis=1) + np.roll(od, shift // 2, axis=0) * 0.5
         out = hed_to_rgb(doubled).astype(np.float32)
     elif kind == "pen":

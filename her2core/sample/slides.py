@@ -85,8 +85,8 @@ def _render_canvas(model: TissueModel, box, mpp, section, band: int = 1024) -> d
     for r0 in range(0, h, band):
         n = min(band, h - r0)
         layers = model.render(x0 * mpp, (y0 + r0) * mpp, w, n, mpp, section=section)
-        for k in out:
-            out[k][r0:r0 + n] = layers[k]
+        for k, plane in out.items():
+            plane[r0:r0 + n] = layers[k]
     return out
 
 
@@ -121,7 +121,7 @@ def _write(out: Path, case_id: str, he: np.ndarray, her2: np.ndarray, mpp: float
 def _add_artefacts(rng, he, her2, mpp) -> list[dict]:
     """Blur, shade, fold and pen in the H&E; blur and shade in the HER2; boxes are level-0 (x, y)."""
     records = []
-    box_px = int(round(min(he.shape[:2]) * 0.14))
+    box_px = round(min(he.shape[:2]) * 0.14)
     for slide, img, kinds in (("he", he, art.KINDS), ("her2", her2, ("blur", "shade"))):
         boxes = art.place_boxes(rng, (img.shape[1], img.shape[0]), len(kinds), box_px,
                                 tissue=art.tissue_mask(img))

@@ -38,8 +38,8 @@ def case_splits(case_ids: list[str], seed: int) -> dict[str, str]:
     if n < 3:
         raise UserError(f"cases={n}: a dataset split by case needs at least 3 cases; use --cases 3 or more")
     order = np.random.default_rng([int(seed), 31337]).permutation(n)
-    n_test = max(1, int(round(0.2 * n)))
-    n_val = max(1, int(round(0.2 * n)))
+    n_test = max(1, round(0.2 * n))
+    n_val = max(1, round(0.2 * n))
     out = {}
     for rank, i in enumerate(order):
         out[case_ids[i]] = "test" if rank < n_test else ("val" if rank < n_test + n_val else "train")

@@ -168,8 +168,8 @@ class TissueModel:
 
     def _grain(self, px0: float, py0: float, W: int, H: int, mpp: float, section: int) -> np.ndarray:
         """Smooth unit-variance texture noise, fixed to absolute pixel positions of this mpp."""
-        c0 = int(round((px0 - self.x0) / mpp))
-        r0 = int(round((py0 - self.y0) / mpp))
+        c0 = round((px0 - self.x0) / mpp)
+        r0 = round((py0 - self.y0) / mpp)
         noise = _grain_tiles(self.seed, int(section), mpp, c0 + 2**16, r0 + 2**16, W, H)
         g = ndi.gaussian_filter(noise, 0.35 / mpp + 0.3)
         g *= 1.0 / float(np.sqrt(np.sum(_gauss1d(0.35 / mpp + 0.3) ** 2)) ** 2)
@@ -234,7 +234,7 @@ class TissueModel:
         r_body = (_BODY_RADIUS_UM / mpp) ** 2
         body = valid & tumour & (kind == TUMOUR) & (dx * dx + dy * dy < r_body)
         body_label = np.where(body, lab + 1, 0)
-        wpx = max(1, int(round(0.6 / mpp)))
+        wpx = max(1, round(0.6 / mpp))
         edge = np.zeros((H, W), bool)
         edge[wpx:] |= body_label[wpx:] != body_label[:-wpx]
         edge[:-wpx] |= body_label[:-wpx] != body_label[wpx:]
@@ -290,7 +290,7 @@ def _grain_tiles(seed: int, section: int, mpp: float, c0: int, r0: int, w: int, 
     so any region (or band) of a slide gets the same noise at the same place."""
     t = 256
     out = np.empty((h, w), np.float32)
-    key = int(round(mpp * 1e6))
+    key = round(mpp * 1e6)
     for tr in range(r0 // t, (r0 + h - 1) // t + 1):
         for tc in range(c0 // t, (c0 + w - 1) // t + 1):
             rng = np.random.default_rng([seed, 4242, section, key, tr + 2**20, tc + 2**20])
