@@ -5,7 +5,7 @@ AlexNet weights, and `pnet_rand=True` silently gives a *random* backbone whose
 numbers look plausible but mean nothing. Here the backbone comes from
 `alexnet-owt-7be5be79.pth` (torchvision's file) found at, in order:
 the path the user gives (`--lpips-weights`), $HER2_LPIPS_WEIGHTS, or
-`torch.hub.get_dir()/checkpoints/`. When none exists the LPIPS column is left out
+`torch.hub.get_dir()/checkpoints/` (`her2core.models.lpips_backbone` builds it). When none exists the LPIPS column is left out
 and `lpips_missing_message()` says which file is missing and how to provide it.
 The linear heads (v0.1) ship inside the `lpips` wheel.
 """
@@ -18,70 +18,34 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from her2core.errors import UserError
+from her2core.models.lpips_backbone import (
+    BACKBONES,
+    build_lpips,
+    find_weights,
+    hub_path,
+    missing_text,
+)
 
-ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
+ALEXNET_FILE = BACKBONES["alex"][0]
 LPIPS_ENV = "HER2_LPIPS_WEIGHTS"
-#: torchvision alexnet.features index -> lpips slice holding it (see lpips.pretrained_networks).
-_SLICE_OF = {0: 1, 3: 2, 6: 3, 8: 4, 10: 5}
 
 
 def hub_alexnet_path() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE
+    return hub_path("alex")
 
 
 def find_alexnet_weights(path: str | os.PathLike | None = None) -> Path | None:
     """The AlexNet weight file to use, or None when there is none (LPIPS then left out)."""
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"{p}: LPIPS AlexNet weight file not found; give torchvision's {ALEXNET_FILE}")
-        return p
-    env = os.environ.get(LPIPS_ENV)
-    if env:
-        p = Path(env)
-        if not p.is_file():
-            raise UserError(f"{p} (from ${LPIPS_ENV}): LPIPS AlexNet weight file not found")
-        return p
-    p = hub_alexnet_path()
-    return p if p.is_file() else None
+    return find_weights("alex", path, LPIPS_ENV, "--lpips-weights")
 
 
 def lpips_missing_message() -> str:
-    return (
-        f"LPIPS left out: AlexNet ImageNet weights not found ({hub_alexnet_path()} is missing). "
-        f"Copy torchvision's {ALEXNET_FILE} there, set ${LPIPS_ENV}=FILE, or pass --lpips-weights FILE."
-    )
-
-
-def _load_state(path: Path) -> dict:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)  # tensors only, no code
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise UserError(f"{path}: not a readable AlexNet state dict ({exc.__class__.__name__})") from None
+    return "LPIPS left out: " + missing_text("alex", LPIPS_ENV, "--lpips-weights") + "."
 
 
 def load_lpips(weights: str | os.PathLike, device="cpu"):
     """lpips.LPIPS(net='alex', version='0.1') whose backbone is the state dict in `weights`."""
-    import lpips
-
-    path = Path(weights)
-    state = _load_state(path)
-    model = lpips.LPIPS(net="alex", version="0.1", pretrained=True, pnet_rand=True, verbose=False)
-    own = model.net.state_dict()
-    new = {}
-    for idx, sl in _SLICE_OF.items():
-        for kind in ("weight", "bias"):
-            src, dst = f"features.{idx}.{kind}", f"slice{sl}.{idx}.{kind}"
-            if src not in state or tuple(state[src].shape) != tuple(own[dst].shape):
-                raise UserError(f"{path}: not torchvision AlexNet weights ({src} missing or of wrong shape)")
-            new[dst] = state[src]
-    model.net.load_state_dict(new, strict=True)
-    return model.eval().to(device)
+    return build_lpips("alex", weights).to(device)
 
 
 @torch.no_grad()

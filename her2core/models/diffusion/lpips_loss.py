@@ -20,33 +20,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from her2core.errors import UserError
+from her2core.models.lpips_backbone import (
+    BACKBONES,
+    build_lpips,
+    find_weights,
+    hub_path,
+    missing_text,
+)
 
-VGG_FILE = "vgg16-397923af.pth"
+VGG_FILE = BACKBONES["vgg"][0]
 VGG_ENV = "HER2_LPIPS_VGG_WEIGHTS"
-#: torchvision vgg16.features index -> lpips slice holding it (lpips.pretrained_networks.vgg16).
-_SLICE_OF = {0: 1, 2: 1, 5: 2, 7: 2, 10: 3, 12: 3, 14: 3, 17: 4, 19: 4, 21: 4, 24: 5, 26: 5, 28: 5}
 
 
 def hub_vgg_path() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / VGG_FILE
+    return hub_path("vgg")
 
 
 def find_vgg_weights(path: str | os.PathLike | None = None) -> Path | None:
     """The VGG-16 weight file for LPIPS, or None when there is none (L2 fallback)."""
-    for given, source in ((path, "the lpips_weights setting"), (os.environ.get(VGG_ENV), f"${VGG_ENV}")):
-        if given:
-            p = Path(given)
-            if not p.is_file():
-                raise UserError(f"{p} (from {source}): VGG-16 weight file not found; give torchvision's {VGG_FILE}")
-            return p
-    p = hub_vgg_path()
-    return p if p.is_file() else None
+    return find_weights("vgg", path, VGG_ENV, "the lpips_weights setting")
 
 
 def missing_message() -> str:
-    return (f"LPIPS VGG-16 weights not found ({hub_vgg_path()} is missing; copy torchvision's {VGG_FILE} "
-            f"there or set ${VGG_ENV}=FILE or --set lpips_weights=FILE)")
+    return missing_text("vgg", VGG_ENV, "--set lpips_weights=")
 
 
 class LPIPSLoss(nn.Module):
@@ -54,25 +50,13 @@ class LPIPSLoss(nn.Module):
 
     def __init__(self, weights: Path):
         super().__init__()
-        import lpips
-
-        state = torch.load(weights, map_location="cpu", weights_only=True)  # tensors only, no code
-        model = lpips.LPIPS(net="vgg", version="0.1", pretrained=True, pnet_rand=True, verbose=False)
-        own = model.net.state_dict()
-        new = {}
-        for idx, sl in _SLICE_OF.items():
-            for kind in ("weight", "bias"):
-                src, dst = f"features.{idx}.{kind}", f"slice{sl}.{idx}.{kind}"
-                if src not in state or tuple(state[src].shape) != tuple(own[dst].shape):
-                    raise UserError(f"{weights}: not torchvision VGG-16 weights ({src} missing or of wrong shape)")
-                new[dst] = state[src]
-        model.net.load_state_dict(new, strict=True)
+        model = build_lpips("vgg", weights)
         for sl in range(1, 6):  # piq replace_pooling=True: MaxPool2d -> AvgPool2d(2, 2)
             seq = getattr(model.net, f"slice{sl}")
             for name, m in list(seq.named_children()):
                 if isinstance(m, nn.MaxPool2d):
                     setattr(seq, name, nn.AvgPool2d(kernel_size=2, stride=2))
-        self.model = model.eval().requires_grad_(False)
+        self.model = model.requires_grad_(False)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if pred.shape[-1] < 256:  # cm/karras_diffusion.py:220-224
