@@ -368,7 +368,9 @@ def _tiles(folder: Path, n: int, size: int, seed: int):
     folder.mkdir(parents=True, exist_ok=True)
     for i, t in enumerate(u8):
         write_png(folder / f"tile_{i:02d}.png", t)
-    return torch.from_numpy(np.ascontiguousarray(u8)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    # contiguous NCHW, as the references' loaders give: BBDM draws its noise with randn_like(x_t),
+    # whose values follow the input's memory layout
+    return (torch.from_numpy(np.ascontiguousarray(u8)).permute(0, 3, 1, 2).float() / 127.5 - 1.0).contiguous()
 
 
 def _png_levels(out_dir: Path, ref):
@@ -456,6 +458,15 @@ def check(fw: str, refs: Path, work: Path, threads: int) -> dict:
             z = diffusion.ddim_reverse_sample_loop(he, x, clip_denoised=False, device="cpu")
             y = diffusion.ddim_sample_loop(ihc, x.shape, noise=z, clip_denoised=True, device="cpu", eta=0.0)
             refs_out = {"translate": y, "latent": z}
+            # fixed (x_t, t) through the HER2 network; the decode alone from the reference latent;
+            # and how far the reference itself moves when its input moves by float32 rounding (1e-6)
+            g = torch.Generator().manual_seed(3)
+            refs_out["x_t"], refs_out["t"] = torch.randn(x.shape, generator=g), torch.tensor([500] * x.shape[0])
+            refs_out["unet"] = ihc(refs_out["x_t"], refs_out["t"])
+            x_eps = x + 1e-6 * torch.randn(x.shape, generator=g)
+            z_eps = diffusion.ddim_reverse_sample_loop(he, x_eps, clip_denoised=False, device="cpu")
+            y_eps = diffusion.ddim_sample_loop(ihc, x.shape, noise=z_eps, clip_denoised=True, device="cpu", eta=0.0)
+            res["reference_vs_itself_input_moved_1e-6_max_abs"] = _max(y_eps, y)
             cli_steps = ["--steps", str(steps)]
             sets = ["--set", "encode_to_zero=true"]
         elif fw == "consistency":
@@ -513,6 +524,9 @@ def check(fw: str, refs: Path, work: Path, threads: int) -> dict:
         if fw == "ddib":
             z = fwk.diffusion.ddim_encode(fwk.ema_he, x, steps=steps, clip=False, to_zero=True)
             res["latent_max_abs"] = _max(z, refs_out["latent"])
+            res["unet_max_abs"] = _max(fwk.ema_ihc(refs_out["x_t"], refs_out["t"]), refs_out["unet"])
+            res["decode_from_reference_latent_max_abs"] = _max(
+                fwk.decode(refs_out["latent"], stain="ihc", steps=steps), refs_out["translate"])
     del fwk
     gc.collect()
     out_dir = d / "translated"
