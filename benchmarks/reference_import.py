@@ -26,6 +26,14 @@ consistency_models' legacy attention casts q, k, v to fp16; it is run as written
 the float comparison, also with that cast made a no-op (a Tensor subclass whose `half()`
 returns itself, no reference code changed), since our attention is fp32.
 
+Measured on this project's 2-core CPU (fp32): pix2pix, ASP, BCIStainer and BBDM (UNet and the
+3-step sampler) give 0.0; the consistency model 1.8e-6 (UNet 3.2e-6; 8.6e-5 against the fp16
+attention as written). DDIB does not reach 1e-4 for the whole translation: its UNets agree
+exactly and the decode from the reference's own latent to ~1e-5, but DDIM encoding to
+alpha-bar 0 and decoding back amplifies float32 rounding ~1000x, so the reference itself
+moves by more (1.5e-3 on a small config) when its input moves by 1e-6 than we differ from it;
+`translate_within_reference_float32_sensitivity` reports that comparison.
+
 --write-fixtures writes, per framework, the names, shapes and dtypes of what the reference
 saves (built on the meta device: no memory), for the CI tests in tests/test_import_*.py.
 """
@@ -538,6 +546,9 @@ def check(fw: str, refs: Path, work: Path, threads: int) -> dict:
     ref_y = refs_out["translate"].float()
     res["reference_output_range"] = [round(float(ref_y.min()), 4), round(float(ref_y.max()), 4)]
     res["reference_output_std"] = round(float(ref_y.std()), 4)
+    if "reference_vs_itself_input_moved_1e-6_max_abs" in res:  # DDIB: see the module docstring
+        res["translate_within_reference_float32_sensitivity"] = (
+            res["translate_max_abs"] <= res["reference_vs_itself_input_moved_1e-6_max_abs"])
     res["pass"] = res["translate_max_abs"] <= 1e-4 and all(
         v <= 1e-4 for k, v in res.items() if k.endswith("_max_abs") and "as_written" not in k)
     return res
