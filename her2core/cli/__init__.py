@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, str] = {
     "tile": "build a paired tile dataset (tissue ∩ ROIs, QC, splits, manifest)",
     "models": "list the frameworks and the parameter counts of their networks",
     "train": "train one of the six frameworks on a dataset",
+    "import": "a run folder from a checkpoint of one of the six reference repositories",
     "translate": "virtual HER2 for a tile folder, a region or a whole slide",
     "batch": "virtual HER2 for many slides from a CSV of cases (resumable)",
     "evaluate": "metrics of predictions against targets, or of a run on a dataset split",
@@ -30,7 +31,12 @@ SUBCOMMANDS: dict[str, str] = {
 }
 
 
+# subcommands whose module name differs (`import` is a Python keyword)
+MODULES: dict[str, str] = {"import": "import_checkpoint"}
+
+
 def _module(name: str):
+    name = MODULES.get(name, name)
     try:
         return importlib.import_module(f"her2core.cli.{name}")
     except ModuleNotFoundError as exc:
