@@ -28,12 +28,15 @@ returns itself, no reference code changed), since our attention is fp32.
 
 Measured on this project's 2-core CPU (fp32): pix2pix, ASP, BCIStainer and BBDM (UNet and the
 3-step sampler) give 0.0; the consistency model 1.8e-6 (UNet 3.2e-6; 8.6e-5 against the fp16
-attention as written). DDIB does not reach 1e-4 for the whole translation: its UNets agree
-exactly and the decode from the reference's own latent to 2.3e-5, but DDIM encoding to
-alpha-bar 0 and decoding back amplifies float32 rounding ~1000x: we differ by 2.1e-3 (latent
-1.8e-4; 5 + 5 steps, paper UNets, 256²) while the reference itself moves by 9.4e-3 when its
-input moves by 1e-6;
-`translate_within_reference_float32_sensitivity` reports that comparison.
+attention as written). DDIB (5 + 5 steps, paper UNets, 256²): 0.0 for the latent, the
+decode and the whole translation, once `models/diffusion/ddim.py` followed guided-diffusion's
+float32 arithmetic order (before: 2.1e-3). That exactness matters: DDIM encoding to alpha-bar
+0 and decoding back amplifies float32 rounding ~1000x, so the reference itself moves by
+9.4e-3 when its input moves by 1e-6 (`reference_vs_itself_input_moved_1e-6_max_abs`, a
+sensitivity, not a comparison; `translate_within_reference_float32_sensitivity` compares
+with it). The CLI's PNGs differ from the rounded reference by one level in ~0.1 % of values
+(BBDM 9, consistency 3, DDIB ~230 of 196,608): `her2 translate` feeds channels-last tiles,
+so convolutions pick other kernels and values at rounding boundaries flip.
 
 --write-fixtures writes, per framework, the names, shapes and dtypes of what the reference
 saves (built on the meta device: no memory), for the CI tests in tests/test_import_*.py.
@@ -439,6 +442,8 @@ def check(fw: str, refs: Path, work: Path, threads: int) -> dict:
             g = (ref_pix2pix if fw == "pyramid_pix2pix" else ref_asp)(refs)
             g.load_state_dict(files["latest_net_G.pth"])
             refs_out = {"translate": g.eval()(x)}
+            if fw == "pyramid_pix2pix":  # the reference's test.py --eval (the default is without)
+                sets = ["--set", "inference=eval"]
         elif fw == "bcistainer":
             G = ref_bcistainer(refs)[3]
             G.load_state_dict(files["model_best_psnr.pth"])  # as evaluator_basic.py: EMA(G).load_state_dict
@@ -551,7 +556,8 @@ def check(fw: str, refs: Path, work: Path, threads: int) -> dict:
         res["translate_within_reference_float32_sensitivity"] = (
             res["translate_max_abs"] <= res["reference_vs_itself_input_moved_1e-6_max_abs"])
     res["pass"] = res["translate_max_abs"] <= 1e-4 and all(
-        v <= 1e-4 for k, v in res.items() if k.endswith("_max_abs") and "as_written" not in k)
+        v <= 1e-4 for k, v in res.items()
+        if k.endswith("_max_abs") and "as_written" not in k and not k.startswith("reference_vs_itself"))
     return res
 
 

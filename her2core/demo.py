@@ -140,10 +140,12 @@ class Demo:
                 "dir": out, "truth": truth, "review": review,
                 "median_um": summ.get("median_shift_um"), "p90_um": summ.get("p90_shift_um"),
                 "flagged": summ.get("flagged"), "regions": summ.get("regions"),
+                "no_match": summ.get("no_match", 0),
             }
             r = self.registrations[d.name]
             self.log(f"      {d.name}: residual median {_f(r['median_um'])} µm, p90 {_f(r['p90_um'])} µm, "
-                     f"{r['flagged']}/{r['regions']} regions flagged")
+                     f"{r['flagged']}/{r['regions']} measured regions flagged, "
+                     f"{r['no_match']} without a reliable cell-level match")
         self._done(st, pairs=len(self.registrations))
 
     # -- 3. datasets -------------------------------------------------------------------------

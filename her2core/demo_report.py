@@ -65,11 +65,12 @@ def build_demo_report(demo) -> Path:
         rows.append({"case": name, "section": truth.get("section_mode", truth.get("section", "")),
                      "HER2 score": truth.get("her2_score"),
                      "residual median (µm)": r.get("median_um"), "residual p90 (µm)": r.get("p90_um"),
-                     "flagged regions": r.get("flagged")})
+                     "flagged regions": r.get("flagged"), "no reliable match": r.get("no_match")})
     s.table(rows)
-    s.text("Residual shift per region after registration, measured by phase correlation of the hematoxylin "
-           "channel. Consecutive-section pairs keep larger residuals: their cells are not the same cells.",
-           note=True)
+    s.text("Residual shift per region after registration, measured independently of the fitted field by "
+           "block matching of the hematoxylin channel; regions where too few patches match are reported "
+           "as 'no reliable match' and left out of the statistics. Consecutive-section pairs find no "
+           "cell-level match at all: their cells are not the same cells.", note=True)
     previews = []
     for name in list(demo.registrations)[:2]:
         d = demo.registrations[name]["dir"]

@@ -26,7 +26,9 @@ def test_demo_chain_writes_complete_report_and_finding(tmp_path):
     same = [r for n, r in demo.registrations.items() if n.endswith("_same")]
     cons = [r for n, r in demo.registrations.items() if n.endswith("_consecutive")]
     assert max(r["median_um"] for r in same) < 2.0
-    assert min(r["median_um"] for r in cons) > max(r["median_um"] for r in same)
+    # consecutive sections: the review finds no cell-level match, or a larger residual
+    for r in cons:
+        assert (r["no_match"] > 0 and r["median_um"] is None) or (r["median_um"] or 0) > 2.0, r
     # the study's direction, on the same aligned test tiles
     f = demo.finding
     assert f["n_test_tiles"] > 20

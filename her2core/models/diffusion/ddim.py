@@ -4,6 +4,10 @@ Written out (rather than diffusers' DDIMScheduler/DDIMInverseScheduler) because 
 translation depends on guided-diffusion's exact conventions: `ddimN` respacing
 (stride 1000//N from t=0), the model always seeing the *original* timestep, the reverse ODE
 running over all respaced steps up to alphā_next = 0, and clip False/True for encode/decode.
+DDIM inversion amplifies float32 rounding ~1000x over 250+250 steps, so the arithmetic follows
+guided-diffusion's order too: the respaced schedule rebuilt from its betas in float64, every
+coefficient cast to float32 before use (`_extract_into_tensor`), square roots taken in float32,
+and eps re-derived from x0 in both directions (`_predict_eps_from_xstart`).
 """
 
 from __future__ import annotations
@@ -49,8 +53,14 @@ class GaussianDiffusion:
         return extract(self.sqrt_acp, t, x0.ndim) * x0 + extract(self.sqrt_1m_acp, t, x0.ndim) * noise
 
     def _respaced(self, steps: int):
+        """Respaced timesteps and alphā, prev, next as guided-diffusion's SpacedDiffusion builds them."""
         ts = respaced_timesteps(self.T, steps)
-        acp = self.alphas_cumprod[ts]
+        keep, last, betas = set(ts), 1.0, []
+        for i, a in enumerate(self.alphas_cumprod):
+            if i in keep:
+                betas.append(1.0 - a / last)
+                last = a
+        acp = np.cumprod(1.0 - np.asarray(betas, dtype=np.float64))
         prev = np.append(1.0, acp[:-1])
         nxt = np.append(acp[1:], 0.0)
         return ts, acp, prev, nxt
@@ -60,11 +70,11 @@ class GaussianDiffusion:
         n = x.shape[0]
         t = torch.full((n,), t_orig, device=x.device, dtype=torch.float32)
         eps = eps_model(x, t).float()
-        x0 = (x - np.sqrt(1.0 - a) * eps) / np.sqrt(a)
+        recip, recipm1 = _f32(np.sqrt(1.0 / a), x), _f32(np.sqrt(1.0 / a - 1.0), x)
+        x0 = recip * x - recipm1 * eps
         if clip:
             x0 = x0.clamp(-1.0, 1.0)
-            eps = (x - np.sqrt(a) * x0) / np.sqrt(1.0 - a)  # guided-diffusion re-derives eps from clipped x0
-        return x0, eps
+        return x0, (recip * x - x0) / recipm1  # eps re-derived from x0, as upstream
 
     @torch.no_grad()
     def ddim_encode(self, eps_model: Callable, x0: torch.Tensor, *, steps: int, clip: bool = False,
@@ -83,7 +93,8 @@ class GaussianDiffusion:
         last = len(ts) if to_zero else len(ts) - 1
         for i in range(last):
             x0_hat, eps = self._x0_eps(eps_model, x, ts[i], acp[i], clip)
-            x = np.sqrt(nxt[i]) * x0_hat + np.sqrt(1.0 - nxt[i]) * eps
+            a_next = _f32(nxt[i], x)
+            x = x0_hat * torch.sqrt(a_next) + torch.sqrt(1 - a_next) * eps
         return x
 
     @torch.no_grad()
@@ -96,8 +107,14 @@ class GaussianDiffusion:
         x = x_T.float()
         for i in reversed(range(len(ts))):
             x0_hat, eps = self._x0_eps(eps_model, x, ts[i], acp[i], clip)
-            sigma = eta * np.sqrt((1 - prev[i]) / (1 - acp[i])) * np.sqrt(1 - acp[i] / prev[i])
-            x = np.sqrt(prev[i]) * x0_hat + np.sqrt(1 - prev[i] - sigma ** 2) * eps
-            if sigma > 0 and i > 0:
+            a, a_prev = _f32(acp[i], x), _f32(prev[i], x)
+            sigma = eta * torch.sqrt((1 - a_prev) / (1 - a)) * torch.sqrt(1 - a / a_prev)
+            x = x0_hat * torch.sqrt(a_prev) + torch.sqrt(1 - a_prev - sigma ** 2) * eps
+            if eta > 0 and i > 0:
                 x = x + sigma * randn(x.shape, generator, x.device)
         return x
+
+
+def _f32(value, like: torch.Tensor) -> torch.Tensor:
+    """A float64 schedule value as guided-diffusion uses it: cast to a float32 tensor."""
+    return torch.tensor(float(value), dtype=torch.float64).to(torch.float32).to(like.device)
