@@ -3,8 +3,8 @@
     python benchmarks/reference_import.py --refs DIR [--frameworks all] [--work DIR] [--threads 2]
     python benchmarks/reference_import.py --refs DIR --write-fixtures tests/fixtures/reference_keys
 
-DIR holds the six reference repositories as checked out (commits in the project notes'
-param_counts.md): BCI/, AdaptiveSupervisedPatchNCE/, BCIStainer/, BBDM/, ddib/,
+DIR holds the six reference repositories as checked out (commits in docs/references.md):
+BCI/, AdaptiveSupervisedPatchNCE/, BCIStainer/, BBDM/, ddib/,
 consistency_models/. Nothing is downloaded; the reference code is imported from DIR, never
 copied. Its own dependencies must be importable: einops (BBDM, consistency_models) and
 ema-pytorch 0.0.10 (BCIStainer), e.g. `pip install --target DIR/_deps einops ema-pytorch==0.0.10`
@@ -208,7 +208,7 @@ LSUN_CT_FLAGS = {"image_size": 256, "num_channels": 256, "num_res_blocks": 2, "c
 def ref_consistency(refs: Path):
     """(UNet with 6 input channels, KarrasDenoiser) from cm/script_util with the LSUN-256 CT flags.
 
-    create_model hard-codes in_channels=3; the conditional variant (models.md §3.5) takes 6, so
+    create_model hard-codes in_channels=3; the conditional variant (docs/references.md) takes 6, so
     the UNetModel it calls is wrapped to receive in_channels=6. Attention: the legacy path
     (flash_attn is CUDA-only), by editing AttentionBlock's default, as param_counts.md did.
     """

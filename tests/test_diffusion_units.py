@@ -21,7 +21,7 @@ from her2core.models.diffusion.unet import count_parameters
 from her2core.util.configs import from_dict, replace, to_dict
 
 
-# -- parameter counts (reference/param_counts.md, counted from the upstream code) ------------
+# -- parameter counts (docs/references.md, counted from the upstream code) ------------
 def test_paper_unets_match_reference_parameter_counts():
     assert count_parameters(BBDM.preset("paper").unet) == 237094787
     assert count_parameters(DDIB.preset("paper").unet) == 124053251

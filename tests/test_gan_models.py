@@ -5,7 +5,7 @@ import torch
 
 from her2core.models import registry
 
-# param_counts.md (counted from the upstream code with its own factories)
+# docs/references.md (counted from the upstream code with its own factories)
 PAPER_COUNTS = {
     "pyramid_pix2pix": {"G": 11383427, "D": 2768705},
     "asp": {"G": 7837699, "F": 560384, "D": 2791905},
@@ -22,7 +22,7 @@ def test_paper_parameter_counts_equal_the_references(name):
 
 
 def test_paper_output_shapes_at_256():
-    """Shapes of param_counts.md: PatchGAN maps, ASP D 6×6, BCIStainer low-res 32² and 4 levels."""
+    """Shapes of the reference networks (docs/references.md): PatchGAN maps, ASP D 6×6, BCIStainer low-res 32² and 4 levels."""
     x = torch.zeros(1, 3, 256, 256)
     p2p = registry.get("pyramid_pix2pix")(registry.get("pyramid_pix2pix").preset("paper")).eval()
     asp = registry.get("asp")(registry.get("asp").preset("paper")).eval()

@@ -86,7 +86,7 @@ def test_reference_keys_land_exactly_once_and_round_trip(name, filename):
 
 
 def test_paper_counts_match_the_fixture_parameter_totals():
-    """The fixture's trainable-weight totals equal the counts pinned in the notes (param_counts.md)."""
+    """The fixture's trainable-weight totals equal the counts in docs/references.md."""
     expect = {"pyramid_pix2pix": 11383427, "asp": 7837699, "consistency": 526311683}
     for name, total in expect.items():
         (desc,) = list(fixture(name)["files"].values())

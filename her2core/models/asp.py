@@ -1,4 +1,4 @@
-"""ASP — Adaptive Supervised PatchNCE (Li et al., MICCAI 2023; lifangda01/AdaptiveSupervisedPatchNCE), models.md §3.2.
+"""ASP — Adaptive Supervised PatchNCE (Li et al., MICCAI 2023; lifangda01/AdaptiveSupervisedPatchNCE); see docs/references.md.
 
 CUT in FastCUT mode plus a supervised PatchNCE between the real and the virtual IHC:
 ResNet-6 generator (InstanceNorm, spectral norm on every conv, antialiased resampling),

@@ -42,7 +42,7 @@ class StepContext(Protocol):
 
 
 class Framework(nn.Module, abc.ABC):
-    """Base class of the six frameworks (see models.md §3 of the reference notes)."""
+    """Base class of the six frameworks (see docs/references.md)."""
 
     name: ClassVar[str]
     family: ClassVar[str]  # "gan" or "dm"

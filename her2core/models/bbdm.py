@@ -1,7 +1,7 @@
 """BBDM: a Brownian bridge from the H&E image to the HER2 image, in pixel space.
 
 Faithful to xuekt98/BBDM `configs/Template-BBDM.yaml` + `BrownianBridgeModel.py`
-(reference notes §3.6): linear m_t 0.001 -> 0.999 over 1000 steps, delta_t =
+(docs/references.md): linear m_t 0.001 -> 0.999 over 1000 steps, delta_t =
 2(m_t - m_t^2) max_var, the "grad" objective with L1 loss, the H&E image concatenated
 to the UNet input (6 channels), 200-step skip sampling with eta 1 and x0 clipped to
 [-1, 1], Adam 1e-4 with ReduceLROnPlateau, EMA 0.995 every 8 steps from step 30k.
@@ -56,7 +56,7 @@ LEGACY = {"init": "unet", "input": "native", "accumulate_reduction": "sum", "acc
 #: The reference value and its source for every `paper` setting (see Framework.reference_recipe).
 REFERENCE = {
     "precision": ("fp32", _BB + "runners/BaseRunner.py (no autocast)", PRECISION_NOTE),
-    "unet": ("UNetParams (pixel)", _TPL + "81-103", "parameter count pinned in reference/param_counts.md"),
+    "unet": ("UNetParams (pixel)", _TPL + "81-103", "parameter count pinned in docs/references.md"),
     "num_timesteps": (1000, _TPL + "77", ""),
     "max_var": (1.0, _TPL + "79", ""),
     "objective": ("grad", _TPL + "70", ""),

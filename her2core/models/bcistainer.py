@@ -1,4 +1,4 @@
-"""BCIStainer (quqixun/BCIStainer, BCI Grand Challenge 2nd place; `stainer_basic_cmp/exp3`), models.md §3.3.
+"""BCIStainer (quqixun/BCIStainer, BCI Grand Challenge 2nd place; `stainer_basic_cmp/exp3`); see docs/references.md.
 
 Generator: 7×7 in-conv → 3 stride-2 convs (encoder1) → style branch (4 more stride-2 convs
 at 1024², global average pool → 256-d style, dropout + linear HER2-level head) → 9

@@ -1,6 +1,6 @@
 """Conditional consistency model: one- or few-step H&E -> HER2 by consistency training.
 
-Faithful to openai/consistency_models (reference notes §3.5), LSUN-256 CT settings: ADM
+Faithful to openai/consistency_models (docs/references.md), LSUN-256 CT settings: ADM
 UNet (256 ch, mult (1,1,2,2,4,4), attention at ds 8/16/32, 64-channel heads,
 resblock_updown, no scale-shift), Karras/EDM preconditioning with the boundary condition
 (sigma_min 0.002, sigma_max 80, rho 7, sigma_data 0.5, network time 250 ln sigma),
@@ -82,7 +82,7 @@ LEGACY = {"input": "native", "schedule": "reference"}
 REFERENCE = {
     "precision": ("fp16", _CT + "--use_fp16 True", PRECISION_NOTE),
     "unet": ("LSUN-256 flags, 6 input channels", _CT,
-             ("conditioning (H&E concatenated) is ours; parameter count pinned in reference/param_counts.md")),
+             ("conditioning (H&E concatenated) is ours; parameter count pinned in docs/references.md")),
     "karras": ("sigma_min 0.002, sigma_max 80, rho 7, sigma_data 0.5", _CM + "cm/karras_diffusion.py:36-40", ""),
     "start_scales": (2, _CT + "--start_scales 2", ""),
     "end_scales": (150, _CT + "--end_scales 150", ""),

@@ -1,6 +1,6 @@
 """DDIB: two unconditional diffusion models, one per stain, bridged through latent noise.
 
-Faithful to suxuann/ddib (reference notes §3.4): guided-diffusion UNets
+Faithful to suxuann/ddib (docs/references.md): guided-diffusion UNets
 (`model_and_diffusion_defaults()` at 256²: 128 ch, mult (1,1,2,2,4,4), attention at ds 16
 and 32, 4 heads, scale-shift norm), epsilon prediction with MSE over 1000 linear-beta
 steps, AdamW lr 1e-4 (wd 0), EMA 0.9999. Translation: DDIM reverse ODE with the H&E model
@@ -52,7 +52,7 @@ LEGACY = {"input": "native"}
 REFERENCE = {
     "precision": ("fp32", _GD + "script_util.py:64 (use_fp16 False)", PRECISION_NOTE),
     "unet": ("model_and_diffusion_defaults() at 256 px", _GD + "script_util.py:48-66",
-             "parameter count pinned in reference/param_counts.md"),
+             "parameter count pinned in docs/references.md"),
     "num_timesteps": (1000, _GD + "script_util.py:18 (noise_schedule linear)", ""),
     "domains": (("he", "ihc"), "suxuann/ddib:scripts/imagenet_translation.py:120-145 (source, target model)", ""),
     "encode_steps": (None, _GD + "script_util.py:20 (timestep_respacing '' = all 1000)",
@@ -68,7 +68,7 @@ REFERENCE = {
     "batch_size": (None, "suxuann/ddib (no image training script)",
                    "no reference value for images; 8 is ours"),
     "input": ("resize", _GD + "image_datasets.py center_crop_arr (whole image at image_size)", ""),
-    "image_size": (256, "reference/param_counts.md (256 px configuration)", ""),
+    "image_size": (256, "docs/references.md (256 px configuration)", ""),
     "crop": (None, _GD + "image_datasets.py (no crop of the resized image)", "used only by input 'native'"),
     "augment": ("hflip", _GD + "image_datasets.py:20 (random_flip True)", ""),
     "epochs": (None, _GD + "train_util.py (runs until stopped)", "no reference length; 100 epochs is ours"),

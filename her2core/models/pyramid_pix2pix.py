@@ -1,4 +1,4 @@
-"""Pyramid pix2pix (Liu et al., CVPRW 2022; bupt-ai-cz/BCI `PyramidPix2pix`), see models.md §3.1.
+"""Pyramid pix2pix (Liu et al., CVPRW 2022; bupt-ai-cz/BCI `PyramidPix2pix`); see docs/references.md.
 
 ResNet-9 generator (BatchNorm, dropout 0.5), conditional 70×70 PatchGAN on (H&E ‖ IHC),
 vanilla GAN loss, L1 ×25 on the full image and ×25 on each of three Gaussian-pyramid

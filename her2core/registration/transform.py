@@ -1,6 +1,6 @@
 """The registration result as data: an affine plus a smooth displacement field, and its file format.
 
-Direction (DESIGN.md: the HER2 slide is moved onto the H&E slide):
+Direction (docs/architecture.md: the HER2 slide is moved onto the H&E slide):
 
 * `matrix` (3x3) maps HER2 level-0 (x, y) -> H&E level-0 (x, y) (the affine part).
 * `field` refines it locally. It is sampled on a regular grid laid over the H&E slide

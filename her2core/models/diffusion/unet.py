@@ -2,7 +2,7 @@
 
 One module reproduces the networks of guided-diffusion (DDIB), openai/consistency_models
 and BBDM's LDM-derived `openaimodel.py`: the same blocks, the same parameter layout and
-the same counts (pinned in tests against `reference/param_counts.md`). diffusers'
+the same counts (pinned in tests against `docs/references.md`). diffusers'
 `UNet2DModel` cannot express these layouts (scale-shift ResBlocks that also resample,
 attention chosen by downsample factor, skip channels per block), so it is not used; the
 `tiny` presets use this same module with few channels, so tests exercise the paper code.

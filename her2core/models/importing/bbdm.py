@@ -26,7 +26,7 @@ SCHEDULE = ("m_t", "m_tminus", "variance_t", "variance_tminus", "variance_t_tmin
 
 
 def schedule(num_timesteps: int, max_var: float) -> dict[str, np.ndarray]:
-    """The reference's linear-m_t schedule buffers, from their definitions (models.md §3.6)."""
+    """The reference's linear-m_t schedule buffers, from their definitions (docs/references.md)."""
     m_t = np.linspace(0.001, 0.999, num_timesteps)
     m_tminus = np.append(0.0, m_t[:-1])
     var_t = 2.0 * (m_t - m_t ** 2) * max_var
