@@ -173,6 +173,9 @@ def stepwise(fn: Callable[..., Any], *args, cancel: threading.Event | None = Non
     finally:
         if helper.is_alive():  # closed early: let the call see the cancel and unwind
             cancel.set()
+            # ... and wait for it, so the job finishes only after its cleanup (no half-written
+            # file is left when `finished` fires; the call stops at its next progress callback)
+            helper.join(timeout=300)
     if "error" in result:
         raise result["error"]
     return result.get("value")
