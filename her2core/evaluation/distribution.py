@@ -20,7 +20,6 @@ fixed seed; reported as mean and std (multiply by 1000 for the "x1e3" convention
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from pathlib import Path
@@ -43,13 +42,6 @@ def default_inception_path() -> Path | None:
     p = Path(next(iter(spec.submodule_search_locations))) / "default_1.pt"
     return p if p.is_file() else None
 
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class InceptionFeatures(torch.nn.Module):

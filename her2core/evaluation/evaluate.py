@@ -19,6 +19,7 @@ from her2core.errors import UserError
 from her2core.evaluation import pairs as pairing
 from her2core.evaluation import pixel
 from her2core.evaluation.pathology import DabSettings, cohen_kappa, dab_metrics
+from her2core.util.hashing import sha256_file
 
 #: a row's identity: the tile (`image`, its name in the test set), the model, its framework, the
 #: model's training `dataset`, and the evaluated `test_set` (her2 compare crosses tiles of a test set)
@@ -179,7 +180,7 @@ def evaluate_folders(pred_dir, target_dir, out_dir, settings: EvalSettings | Non
             result.update(fid=dist.fid_from_features(fv, fr), kid_mean=kid_m, kid_std=kid_s)
             result["settings"]["fid_kid"] = {
                 "features": "Inception-v3 pool3, 2048-d", "weights": inception.source,
-                "weights_sha256": dist.sha256_of(Path(inception.source)),
+                "weights_sha256": sha256_file(Path(inception.source)),
                 "preprocess": "uint8 -> [-1,1], bilinear resize to 299x299",
                 "kid_kernel": "(x.y/2048 + 1)^3", "kid_subsets": s.kid_subsets,
                 "kid_subset_size_used": m, "n_virtual": len(fv), "n_real": len(fr)}

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from her2core.errors import UserError
-from her2core.models.importing.core import convert, load_reference, sha256_file
+from her2core.models.importing.core import convert, load_reference
+from her2core.util.hashing import sha256_file
 
 #: framework name -> importer module (her2core.models.importing.<module>)
 IMPORTERS: dict[str, str] = {

@@ -17,7 +17,6 @@ files with their sha256, the container entries used, the hyper-parameters assume
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import re
 from collections.abc import Callable, Mapping
@@ -33,13 +32,6 @@ DROP = object()
 
 # -- reading -----------------------------------------------------------------
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_reference(path) -> object:
