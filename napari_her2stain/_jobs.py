@@ -58,10 +58,11 @@ class Job:
         self.cancelled = False
 
     def cancel(self) -> None:
+        # Only the event: superqt's `worker.quit()` abandons the generator without closing it, so
+        # its cleanup (a her2core call unwinding, a `.part` file removed) would run after
+        # `finished`. The worker's own loop closes the generator at its next step instead.
         self._cancel.set()
         self.cancelled = True
-        if self.worker is not None:
-            self.worker.quit()
 
 
 def start(gen_fn: Callable[..., Generator], *args,
@@ -108,8 +109,15 @@ def start(gen_fn: Callable[..., Generator], *args,
     from napari.qt.threading import thread_worker
 
     def guarded(*a, **kw):
+        gen = gen_fn(*a, **kw)
         try:
-            return (yield from gen_fn(*a, **kw))
+            while True:
+                yield next(gen)
+                if cancel.is_set():
+                    gen.close()  # runs the job's cleanup here, before the worker says `finished`
+                    return None
+        except StopIteration as stop:
+            return stop.value
         except Cancelled:  # the user's cancel, not a failure
             return None
 
