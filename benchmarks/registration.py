@@ -140,8 +140,8 @@ def landmarks(case: Case, step_um: float = 16.0) -> tuple[np.ndarray, np.ndarray
     from scipy.ndimage import gaussian_filter, map_coordinates
 
     from her2core.slide import open_slide
+    from her2core.slide.tissue import detect_tissue
     from her2core.stain import hematoxylin_od
-    from her2core.tiling.tissue import detect_tissue
 
     with open_slide(case.he_path) as s:
         tissue = detect_tissue(s)

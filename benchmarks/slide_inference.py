@@ -228,9 +228,10 @@ def child_memory(args) -> None:
 def speed(args, work: Path) -> dict:
     import torch
 
-    from her2core.inference.region import is_background, plan_region
+    from her2core.inference.region import plan_region
     from her2core.inference.slide import translate_slide
     from her2core.slide import open_slide
+    from her2core.slide.tissue import is_empty_tile
 
     torch.set_num_threads(args.threads)
     t = time.perf_counter()
@@ -249,7 +250,7 @@ def speed(args, work: Path) -> dict:
         for k in range(plan.rows.count):
             for j in range(plan.cols.count):
                 img = plan.read_tile(s, k, j)
-                if not is_background(img):
+                if not is_empty_tile(img):
                     tiles.append(img)
     n = len(tiles)
 

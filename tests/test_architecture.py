@@ -17,14 +17,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: bottom to top; a unit may import only units listed before it (and itself)
 LAYERS = [
-    "errors", "her2core", "util", "coords", "slide", "stain", "sample", "registration", "qupath",
+    "errors", "her2core", "util", "coords", "stain", "slide", "sample", "registration", "qupath",
     "tiling", "datasets", "models", "training", "inference", "evaluation", "demo_report", "demo",
     "cli", "__main__", "napari",
 ]
 
 #: (importer, imported) -> the move that removes it
 KNOWN_UPWARD = {
-    ("registration", "tiling"): "the tissue mask moves from tiling into slide",
     ("models", "training"): "schedules and EMA move into models; ddib/consistency stop calling "
                             "training.load_run",
     ("inference", "evaluation"): "slide metrics of `her2 batch` move above evaluation",

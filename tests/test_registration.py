@@ -18,7 +18,7 @@ from her2core.registration import (
 )
 from her2core.sample.truth import he_to_her2_xy, load_truth
 from her2core.slide import open_slide, write_pyramid
-from her2core.tiling.tissue import detect_tissue
+from her2core.slide.tissue import detect_tissue
 
 
 @pytest.fixture(scope="module")

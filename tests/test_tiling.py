@@ -44,13 +44,14 @@ def test_splits_stratified_deterministic_and_clear_error():
 
 def test_tissue_mask_saved_and_empty_slide_refused(base, tmp_path):
     from her2core.qupath.geojson import read_features
+    from her2core.tiling.dataset import save_tissue_geojson
 
     case = sample_dir(base) / "case00_same"
     with open_slide(case / "he.ome.tif") as s:
         tm = detect_tissue(s)
     assert 0.2 < tm.fraction < 0.98
     tm.save_png(tmp_path / "t.png")
-    tm.save_geojson(tmp_path / "t.geojson")
+    save_tissue_geojson(tm, tmp_path / "t.geojson")
     geom = read_features(tmp_path / "t.geojson")[0].geometry
     w, h = tm.mask.shape[1] * tm.step, tm.mask.shape[0] * tm.step
     assert geom.area / (w * h) == pytest.approx(tm.fraction, abs=0.05)

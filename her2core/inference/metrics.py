@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from her2core.errors import UserError
-from her2core.inference.region import is_background, rasterize
+from her2core.inference.region import rasterize
+from her2core.slide.tissue import is_empty_tile
 
 INSIDE_MIN = 0.9
 
@@ -81,7 +82,7 @@ def slide_metrics(virtual_path: str | Path, her2_path: str | Path, roi=None, *, 
                     if roi_geom.intersection(cell).area < INSIDE_MIN * cell.area:
                         continue
                 target = real.read_at_mpp((lx * k, ly * k), (tile * work, tile * work), work)
-                if target.shape[:2] != (tile, tile) or is_background(target):
+                if target.shape[:2] != (tile, tile) or is_empty_tile(target):
                     continue
                 if roi_geom is not None:  # the virtual slide is white outside the ROI: so is this
                     inside = rasterize(roi_geom, (r, r + tile), (c, c + tile), origin=(x0, y0), scale=f)

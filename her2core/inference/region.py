@@ -26,12 +26,13 @@ from shapely.ops import unary_union
 
 from her2core.errors import UserError
 from her2core.inference.blend import AxisGrid
+from her2core.slide.tissue import GLASS_MAX_SATURATION, glass_pixels
 
-#: A pixel counts as tissue when it is coloured or dark (glass is bright and grey).
-TISSUE_MIN_SATURATION = 18   # max - min over RGB
-TISSUE_MAX_BRIGHTNESS = 205  # min over RGB below this is not glass
-#: A tile with fewer tissue pixels than this share is background: not run, output white.
-BACKGROUND_MAX_TISSUE = 0.002
+#: The low-resolution tissue index calls a pixel glass only when it is greyer and brighter than
+#: the glass rule of `slide.tissue` asks (and dilates the rest): it must never skip a tile that
+#: `is_empty_tile` would run at full resolution.
+INDEX_GLASS_MAX_SATURATION = GLASS_MAX_SATURATION / 2
+INDEX_GLASS_MIN_VALUE = 0.88
 
 
 @dataclass(frozen=True)
@@ -121,21 +122,11 @@ class RegionPlan:
         }
 
 
-def is_background(tile: np.ndarray) -> bool:
-    """True when (almost) no pixel of an RGB uint8 tile looks like tissue."""
-    # element-wise over the three channel planes: ~20x faster than max/min along a length-3 axis
-    r, g, b = tile[..., 0], tile[..., 1], tile[..., 2]
-    mx = np.maximum(np.maximum(r, g), b)
-    mn = np.minimum(np.minimum(r, g), b)
-    tissue = ((mx - mn) > TISSUE_MIN_SATURATION) | (mn < TISSUE_MAX_BRIGHTNESS)  # mx >= mn: no wrap
-    return tissue.mean() < BACKGROUND_MAX_TISSUE
-
-
 class TissueIndex:
     """Where a slide may hold tissue, from a low-resolution level: lets glass tiles be skipped
     without reading them at full resolution (most of a whole slide is glass).
 
-    Conservative: thresholds are looser than `is_background`'s and the mask is dilated, so a
+    Conservative: thresholds are looser than `is_empty_tile`'s and the mask is dilated, so a
     tile it calls glass has no tissue a full-resolution read would find. Slides without a
     level at least 8x smaller than level 0 get no index (everything "may hold tissue").
     """
@@ -149,9 +140,8 @@ class TissueIndex:
         if max(slide.level_downsamples) < 8 or max(w0, h0) <= 4 * self.MAX_SIDE:
             return
         thumb, ds = slide.thumbnail(self.MAX_SIDE)
-        t = thumb.astype(np.int16)
-        sat = t.max(axis=2) - t.min(axis=2)
-        mask = (sat > TISSUE_MIN_SATURATION // 2) | (t.min(axis=2) < 225)
+        mask = ~glass_pixels(thumb, max_saturation=INDEX_GLASS_MAX_SATURATION,
+                             min_value=INDEX_GLASS_MIN_VALUE)
         from scipy import ndimage as ndi
 
         self.mask = ndi.binary_dilation(mask, iterations=2)

@@ -45,11 +45,11 @@ from her2core.errors import UserError
 from her2core.inference.region import (
     RegionPlan,
     TissueIndex,
-    is_background,
     plan_region,
     roi_geometry,
 )
 from her2core.inference.workdir import WorkDir
+from her2core.slide.tissue import is_empty_tile
 from her2core.slide.writer import default_workers
 
 FORMAT_VERSION = 2  # 2: the raw output is stored inverted (unwritten = white)
@@ -237,7 +237,7 @@ def _translate_rows(slide, plan: RegionPlan, translator, wd: WorkDir, rows: list
         if not glass.may_hold_tissue(x, y, plan.tile * plan.scale):
             return k, j, None
         img = plan.read_tile(slide, k, j)
-        return k, j, (None if is_background(img) else img)
+        return k, j, (None if is_empty_tile(img) else img)
 
     items = ((k, j) for k in rows for j in range(n_cols))
     reader = _prefetch(items, read, ahead=2 * batch_size + 2 * workers, workers=workers)

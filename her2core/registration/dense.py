@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from her2core.registration.transform import Transform
-from her2core.registration.warp import grid_xy, sample_rgb
+from her2core.slide.sampling import grid_xy, sample_rgb
 from her2core.stain import hematoxylin_od
 
 

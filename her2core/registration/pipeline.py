@@ -110,7 +110,7 @@ def register(he_path, her2_path, out_dir, *, he_mpp: float | None = None, her2_m
     """Register the HER2 slide onto the H&E slide; writes transform.json, her2_registered.ome.tif, review."""
     from scipy.ndimage import binary_dilation
 
-    from her2core.tiling.tissue import TissueConfig, detect_tissue
+    from her2core.slide.tissue import TissueConfig, detect_tissue
 
     cfg = config or RegistrationConfig()
     out_dir = Path(out_dir)

@@ -80,7 +80,7 @@ def review(he_path, registered_path, out_dir, *, region: int = 1024, threshold_u
     """
     from her2core.registration.transform import Transform, load_transform
     from her2core.slide import open_slide
-    from her2core.tiling.tissue import TissueConfig, detect_tissue
+    from her2core.slide.tissue import TissueConfig, detect_tissue
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from her2core.errors import UserError
+from her2core.slide.tissue import TissueConfig, box_coverage, detect_tissue
 from her2core.tiling.cases import Case
 from her2core.tiling.qc import QCConfig, tile_qc
 from her2core.tiling.splits import SPLITS, assign_splits, load_splits, save_splits
-from her2core.tiling.tissue import TissueConfig, box_coverage, detect_tissue
 from her2core.util.atomic import write_png, write_text
 
 COLUMNS = ("name", "case", "her2_score", "mode", "split", "x", "y", "size_px", "source_mpp", "mpp", "tile",
@@ -130,6 +130,14 @@ def _fit(img: np.ndarray, n: int) -> np.ndarray:
     return resize_rgb(img, (n, n))
 
 
+def save_tissue_geojson(tissue, path: Path, name: str = "Tissue") -> None:
+    """The tissue mask as one QuPath annotation (level-0 (x, y)), class "Tissue"."""
+    from her2core.qupath.geojson import Feature, classification_of, write_features
+
+    write_features(path, [Feature(geometry=tissue.to_geometry(), name=name,
+                                  classification=classification_of("Tissue"))])
+
+
 def candidate_tiles(case: Case, cfg: TileConfig, mpp: float | None, tissue_dir: Path | None = None):
     """(tissue mask, [(x, y, coverage)]) of tiles whose tissue ∩ ROI share reaches min_coverage."""
     from her2core.slide import open_slide
@@ -144,7 +152,7 @@ def candidate_tiles(case: Case, cfg: TileConfig, mpp: float | None, tissue_dir: 
         stride = (cfg.stride_px or cfg.tile_px) * cfg.source_mpp / he.mpp
     if tissue_dir is not None:
         tissue.save_png(tissue_dir / f"{case.case}.png")
-        tissue.save_geojson(tissue_dir / f"{case.case}.geojson", name=f"{case.case} tissue")
+        save_tissue_geojson(tissue, tissue_dir / f"{case.case}.geojson", name=f"{case.case} tissue")
     region = tissue.mask
     if case.rois is not None:
         roi = load_rois(case.rois, (W, H), classes=list(cfg.roi_classes) if cfg.roi_classes else None)

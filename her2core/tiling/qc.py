@@ -24,6 +24,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from her2core.registration.match import patch_shift
+from her2core.slide.tissue import (
+    GLASS_MAX_SATURATION,
+    GLASS_MIN_VALUE,
+    glass_pixels,
+    saturation_value,
+)
 from her2core.stain import hematoxylin_od
 
 
@@ -41,20 +47,14 @@ class QCConfig:
     min_shift_gain: float = 0.15   # ... and shifting raises the correlation by at least this much
     shift_smooth_um: float = 0.0   # blur hematoxylin before measuring the shift (consecutive: ~6)
     min_correlation: float = 0.0   # drop when the aligned hematoxylin correlation is lower (0 = off)
-    background_saturation: float = 0.08
-    background_value: float = 0.82
+    background_saturation: float = GLASS_MAX_SATURATION  # glass: grey and bright (slide.tissue)
+    background_value: float = GLASS_MIN_VALUE
 
 
-def _sv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """HSV saturation and value in [0, 1], without computing hue (cheap)."""
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    mx = np.maximum(np.maximum(r, g), b).astype(np.float32)   # faster than max(axis=-1)
-    mn = np.minimum(np.minimum(r, g), b).astype(np.float32)
-    return (mx - mn) / np.maximum(mx, 1.0), mx / 255.0
-
-
-def background_mask(sat: np.ndarray, val: np.ndarray, cfg: QCConfig) -> np.ndarray:
-    return (sat < cfg.background_saturation) & (val > cfg.background_value)
+def background_mask(rgb: np.ndarray, cfg: QCConfig) -> np.ndarray:
+    """Glass pixels by the one glass rule, with this QC's (overridable) thresholds."""
+    return glass_pixels(rgb, max_saturation=cfg.background_saturation,
+                        min_value=cfg.background_value)
 
 
 def _blocks4(a: np.ndarray, b: int) -> np.ndarray:
@@ -112,10 +112,10 @@ def tile_qc(he: np.ndarray, ihc: np.ndarray, mpp: float, cfg: QCConfig) -> tuple
 
     from her2core.registration.match import ncc
 
-    sat_a, val_a = _sv(he)
-    sat_b, val_b = _sv(ihc)
-    bg_a = background_mask(sat_a, val_a, cfg)
-    bg_b = background_mask(sat_b, val_b, cfg)
+    sat_a, _ = saturation_value(he)
+    sat_b, _ = saturation_value(ihc)
+    bg_a = background_mask(he, cfg)
+    bg_b = background_mask(ihc, cfg)
     vals = {"background_frac": float(bg_a.mean())}
     blur_a, dark_a, sharp_a = block_measures(he, bg_a, mpp, cfg)
     blur_b, dark_b, sharp_b = block_measures(ihc, bg_b, mpp, cfg)

@@ -3,7 +3,7 @@
 Why these choices (ecosystem notes §4): Otsu on saturation or optical density is cheap and
 works on a thumbnail; closing joins fragmented tissue, opening and a minimum area remove
 dust and specks; every threshold is exposed so a user can fix pale tissue, and ROIs can
-override the mask. The mask is saved as a PNG and as QuPath GeoJSON (level-0 (x, y)).
+override the mask. `her2 tile` saves the mask as a PNG and as QuPath GeoJSON (level-0 (x, y)).
 """
 
 from __future__ import annotations
@@ -14,6 +14,34 @@ from pathlib import Path
 import numpy as np
 
 from her2core.errors import UserError
+
+#: The one glass rule (tile QC, the inference's skip of empty tiles, the low-resolution tissue
+#: index): a pixel is glass when it is both grey and bright, HSV saturation below
+#: GLASS_MAX_SATURATION and value above GLASS_MIN_VALUE. Tissue is every other pixel.
+GLASS_MAX_SATURATION = 0.08
+GLASS_MIN_VALUE = 0.82
+#: A tile whose tissue pixels are fewer than this share is empty glass (inference skips it).
+EMPTY_MAX_TISSUE = 0.002
+
+
+def saturation_value(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """HSV saturation and value in [0, 1] of an RGB uint8 image, without computing hue (cheap)."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    mx = np.maximum(np.maximum(r, g), b).astype(np.float32)   # faster than max(axis=-1)
+    mn = np.minimum(np.minimum(r, g), b).astype(np.float32)
+    return (mx - mn) / np.maximum(mx, 1.0), mx * np.float32(1 / 255.0)
+
+
+def glass_pixels(rgb: np.ndarray, *, max_saturation: float = GLASS_MAX_SATURATION,
+                 min_value: float = GLASS_MIN_VALUE) -> np.ndarray:
+    """Boolean mask of the glass (background) pixels of an RGB uint8 image."""
+    sat, val = saturation_value(rgb)
+    return (sat < max_saturation) & (val > min_value)
+
+
+def is_empty_tile(rgb: np.ndarray, max_tissue: float = EMPTY_MAX_TISSUE) -> bool:
+    """True when (almost) no pixel of an RGB uint8 tile is tissue by the glass rule."""
+    return float(1.0 - glass_pixels(rgb).mean()) < max_tissue
 
 
 @dataclass
@@ -67,13 +95,6 @@ class TissueMask:
 
         g = (self.mask.astype(np.uint8) * 255)
         write_png(path, np.repeat(g[..., None], 3, axis=2))
-
-    def save_geojson(self, path: str | Path, name: str = "Tissue") -> None:
-        from her2core.qupath.geojson import Feature, classification_of, write_features
-
-        geom = self.to_geometry()
-        write_features(path, [Feature(geometry=geom, name=name,
-                                      classification=classification_of("Tissue"))])
 
 
 def box_coverage(mask: np.ndarray, step: float, x0: float, y0: float, w: float, h: float) -> float:
@@ -144,7 +165,7 @@ def detect_tissue(slide, config: TissueConfig | None = None, *, require: bool = 
     from skimage.filters import threshold_otsu
     from skimage.morphology import disk, remove_small_holes, remove_small_objects
 
-    from her2core.registration.warp import grid_xy, sample_rgb
+    from her2core.slide.sampling import grid_xy, sample_rgb
 
     cfg = config or TissueConfig()
     mpp0 = slide.require_mpp()
