@@ -50,15 +50,14 @@ def virtual_rgb_and_mask(virtual) -> tuple[np.ndarray, np.ndarray]:
 
 def roi_metrics(virtual_rgb: np.ndarray, real_rgb: np.ndarray, mask: np.ndarray, mpp: float) -> dict:
     """her2core.evaluation metrics of the ROI (white outside the mask in both images)."""
-    from her2core.evaluation import pathology, pixel
+    from her2core.evaluation.tile_metrics import DISPLAY_NAMES, tile_metrics
 
     v = virtual_rgb.copy()
     r = real_rgb.copy()
     v[~mask] = 255
     r[~mask] = 255
-    out = {"SSIM": float(pixel.ssim(v, r)), "PSNR (dB)": float(pixel.psnr(v, r))}
-    out.update(pathology.dab_metrics(v, r, mpp))
-    return out
+    (row,) = tile_metrics(v[None], r[None], mpp)
+    return {DISPLAY_NAMES.get(k, k): val for k, val in row.items()}
 
 
 class CompareWidget(Container):

@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: bottom to top; a unit may import only units listed before it (and itself)
 LAYERS = [
     "errors", "her2core", "util", "coords", "stain", "slide", "sample", "registration", "qupath",
-    "tiling", "datasets", "models", "training", "inference", "evaluation", "demo_report", "demo",
+    "tiling", "datasets", "models", "training", "inference", "evaluation", "pipelines",
+    "demo_report", "demo",
     "cli", "__main__", "napari",
 ]
 
@@ -26,7 +27,6 @@ LAYERS = [
 KNOWN_UPWARD = {
     ("models", "training"): "schedules and EMA move into models; ddib/consistency stop calling "
                             "training.load_run",
-    ("inference", "evaluation"): "slide metrics of `her2 batch` move above evaluation",
 }
 
 

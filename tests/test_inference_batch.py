@@ -15,7 +15,7 @@ import pytest
 from test_inference_support import ConvNet, synth_he
 
 from her2core.errors import UserError
-from her2core.inference.batch import read_cases, run_batch
+from her2core.pipelines.batch import read_cases, run_batch
 from her2core.slide import open_slide, write_pyramid
 
 TESTS = Path(__file__).parent
@@ -135,7 +135,7 @@ import torch
 torch.set_num_threads(1)
 import os
 from test_inference_support import ConvNet
-from her2core.inference.batch import run_batch
+from her2core.pipelines.batch import run_batch
 net = ConvNet()
 run_batch(net, {csv!r}, sys.argv[1], work_mpp=0.5, tile=64, overlap=16, metric_tile=64,
           progress=False)

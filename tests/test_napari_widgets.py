@@ -212,8 +212,9 @@ def test_model_widget_puts_virtual_her2_in_the_roi(make_napari_viewer, registere
     expected = pathology.dab_metrics(vrgb, real, 0.5)
     assert metrics["her2_proxy_real"] == expected["her2_proxy_real"]
     assert metrics["dab_od_mae"] == pytest.approx(expected["dab_od_mae"])
-    assert list(cw.table.row_headers)[:2] == ["SSIM", "PSNR (dB)"]
-    assert float(cw.table.data.to_list()[0][0]) == pytest.approx(metrics['SSIM'], abs=1e-3)
+    # the same columns as `her2 evaluate` (evaluation.tile_metrics), under their display names
+    assert list(cw.table.row_headers)[:4] == ["PSNR (dB)", "SSIM", "SSIM (Gaussian)", "MS-SSIM"]
+    assert float(cw.table.data.to_list()[1][0]) == pytest.approx(metrics['SSIM'], abs=1e-3)
     diff = L.first_with_role(viewer, "dab_diff")
     assert diff.data.shape == v0.shape[:2]
     np.testing.assert_allclose(diff.translate, virtual.translate)

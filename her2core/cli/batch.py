@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from her2core.inference.batch import run_batch
+    from her2core.pipelines.batch import run_batch
 
     summary = run_batch(args.run, args.cases, args.out, steps=args.steps,
                         batch_size=args.batch_size, seed=args.seed, work_mpp=args.work_mpp,

@@ -18,13 +18,13 @@ import numpy as np
 from her2core.errors import UserError
 from her2core.evaluation import pairs as pairing
 from her2core.evaluation import pixel
-from her2core.evaluation.pathology import DabSettings, cohen_kappa, dab_metrics
+from her2core.evaluation.pathology import DabSettings, cohen_kappa
+from her2core.evaluation.tile_metrics import PIXEL_COLUMNS, tile_metrics
 from her2core.util.hashing import sha256_file
 
 #: a row's identity: the tile (`image`, its name in the test set), the model, its framework, the
 #: model's training `dataset`, and the evaluated `test_set` (her2 compare crosses tiles of a test set)
 ID_COLUMNS = ["image", "model", "framework", "dataset", "test_set"]
-PIXEL_COLUMNS = ["psnr", "ssim", "ssim_gaussian", "ms_ssim"]
 DAB_COLUMNS = ["dab_od_mae", "iod_ratio", "dab_grid_r", "dab_pos_frac_virtual",
                "dab_pos_frac_real", "her2_proxy_virtual", "her2_proxy_real"]
 DEFAULT_MPP = 0.5  # the study's working scale (HER2match 1024^2 at 0.25 um/px halved)
@@ -116,22 +116,17 @@ def evaluate_folders(pred_dir, target_dir, out_dir, settings: EvalSettings | Non
                                 f"({shape[1]}x{shape[0]}); evaluate one tile size at a time")
         pv = np.stack([a for a, _ in imgs])
         rv = np.stack([b for _, b in imgs])
-        cols = {
-            "psnr": pixel.psnr_batch(pv, rv, device=pix_dev),
-            "ssim": pixel.ssim_batch(pv, rv, device=pix_dev),
-            "ssim_gaussian": pixel.ssim_gaussian_batch(pv, rv, device=pix_dev),
-            "ms_ssim": pixel.ms_ssim_batch(pv, rv, device=pix_dev),
-        }
+        extra = {}
         if lp_model is not None:
-            cols["lpips"] = perceptual.lpips_batch(lp_model, pv, rv, device=tdev)
+            extra["lpips"] = perceptual.lpips_batch(lp_model, pv, rv, device=tdev)
+        metrics = tile_metrics(pv, rv, mpp, dab=s.dab, device=pix_dev, extra=extra)
         if inception is not None:
             feats_v.append(inception(pv, device=tdev))
             feats_r.append(inception(rv, device=tdev))
         for i, (name, _, _) in enumerate(chunk):
             row = {"image": name, "model": s.model, "framework": framework, "dataset": s.dataset,
                    "test_set": test_set}
-            row.update({k: float(v[i]) for k, v in cols.items()})
-            row.update(dab_metrics(pv[i], rv[i], mpp, s.dab))
+            row.update(metrics[i])
             for col, values in (extra_columns or {}).items():
                 row[col] = values.get(name)
             rows.append(row)

@@ -7,9 +7,8 @@ virtual slide's are). The
 real HER2 slide must be registered onto the H&E (`her2 register`): its level-0
 frame is the H&E's, scaled by the ratio of their microns per pixel, so H&E
 level-0 (x, y) reads HER2 level-0 (x, y) · mpp_he / mpp_her2.
-Metrics come from `her2core.evaluation` (PSNR, SSIM, Gaussian SSIM, MS-SSIM for tiles
-of >= 176 px, and the DAB-channel metrics of `evaluation.pathology`), per tile, then the
-mean over tiles (non-finite values, e.g. PSNR of identical tiles, left out of the mean).
+Metrics come from `evaluation.tile_metrics` (the same columns as `her2 evaluate`), per tile,
+then the mean over tiles (non-finite values, e.g. PSNR of identical tiles, left out of the mean).
 """
 
 from __future__ import annotations
@@ -19,26 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from her2core.errors import UserError
+from her2core.evaluation.tile_metrics import tile_metrics
 from her2core.inference.region import rasterize
 from her2core.slide.tissue import is_empty_tile
 
 INSIDE_MIN = 0.9
-
-
-def tile_metrics(pred: np.ndarray, target: np.ndarray, mpp: float) -> list[dict[str, float]]:
-    """Per-tile metrics of a batch (N, H, W, 3) uint8: pixel metrics and DAB-channel metrics."""
-    from her2core.evaluation import pathology, pixel
-
-    cols = {"psnr": pixel.psnr_batch(pred, target), "ssim": pixel.ssim_batch(pred, target),
-            "ssim_gaussian": pixel.ssim_gaussian_batch(pred, target)}
-    if min(pred.shape[1:3]) >= 176:  # MS-SSIM needs room for its scales
-        cols["ms_ssim"] = pixel.ms_ssim_batch(pred, target)
-    rows = []
-    for i in range(len(pred)):
-        row = {k: float(np.asarray(v).reshape(len(pred), -1)[i, 0]) for k, v in cols.items()}
-        row.update(pathology.dab_metrics(pred[i], target[i], mpp))
-        rows.append(row)
-    return rows
 
 
 def slide_metrics(virtual_path: str | Path, her2_path: str | Path, roi=None, *, tile: int = 256,
@@ -97,7 +81,7 @@ def slide_metrics(virtual_path: str | Path, her2_path: str | Path, roi=None, *, 
     mean = {n: _finite_mean([row[n] for row in rows]) for n in names}
     return {"tile": tile, "mpp": work, "tiles": len(rows), "mean": mean, "per_tile": rows,
             "her2_slide": Path(her2_path).name,
-            "note": "tiles of the ROI at the working mpp; see her2core.inference.metrics"}
+            "note": "tiles of the ROI at the working mpp; see her2core.evaluation.slide_metrics"}
 
 
 def _finite_mean(values) -> float | None:

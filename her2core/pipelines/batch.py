@@ -118,7 +118,7 @@ def run_batch(run, cases_csv: str | Path, out_dir: str | Path, *, steps: int | N
 
 def _finish_case(case: Case, case_dir: Path, virtual: Path, metric_tile: int) -> dict:
     """ROIs used, metrics against the real HER2 (if any), then the DONE marker."""
-    from her2core.inference.metrics import slide_metrics
+    from her2core.evaluation.slide_metrics import slide_metrics
     from her2core.qupath.geojson import Feature, read_features, write_features
     from her2core.slide import open_slide
 
