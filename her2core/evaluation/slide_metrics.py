@@ -19,7 +19,7 @@ import numpy as np
 
 from her2core.errors import UserError
 from her2core.evaluation.tile_metrics import tile_metrics
-from her2core.inference.region import rasterize
+from her2core.qupath.rois import as_roi, rasterize
 from her2core.slide.tissue import is_empty_tile
 
 INSIDE_MIN = 0.9
@@ -30,10 +30,9 @@ def slide_metrics(virtual_path: str | Path, her2_path: str | Path, roi=None, *, 
     """Per-tile and mean metrics of the virtual slide against the registered real HER2 slide."""
     from shapely.geometry import box
 
-    from her2core.inference.slide import _roi
     from her2core.slide import open_slide
 
-    roi_geom, _ = _roi(roi)
+    roi_geom, _ = as_roi(roi)
     with open_slide(virtual_path) as v, open_slide(her2_path) as real:
         props = v.properties
         x0, y0 = v.origin_xy

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-from shapely.geometry import MultiPolygon, Polygon, box
+from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
-from shapely.ops import unary_union
 
 from her2core.errors import UserError
 from her2core.inference.blend import AxisGrid
+from her2core.qupath.rois import rasterize
 from her2core.slide.tissue import GLASS_MAX_SATURATION, glass_pixels
 
 #: The low-resolution tissue index calls a pixel glass only when it is greyer and brighter than
@@ -159,16 +159,6 @@ class TissueIndex:
         return bool(self.mask[r0:r1, c0:c1].any())
 
 
-def roi_geometry(features, source: str = "ROI") -> BaseGeometry:
-    """Union of the polygonal features (level-0 (x, y)); a UserError if there are none."""
-    polys = [f.geometry for f in features
-             if isinstance(f.geometry, (Polygon, MultiPolygon)) and not f.geometry.is_empty]
-    if not polys:
-        raise UserError(f"{source}: no polygon annotations found; draw the ROI as an area "
-                        "annotation in QuPath and export it as GeoJSON")
-    return unary_union(polys)
-
-
 def parse_region(text: str) -> tuple[int, int, int, int]:
     """'x,y,w,h' (level-0 pixels) -> ints; a UserError when malformed."""
     try:
@@ -215,29 +205,3 @@ def plan_region(slide, *, work_mpp: float, tile: int, overlap: int,
                       roi_wkb)
 
 
-def rasterize(geom: BaseGeometry, r: tuple[int, int], c: tuple[int, int], *,
-              origin: tuple[float, float], scale: float) -> np.ndarray:
-    """Mask of output pixels [r0, r1) × [c0, c1) whose centre lies inside `geom` (level-0 (x, y))."""
-    from skimage.draw import polygon as fill_polygon
-
-    (r0, r1), (c0, c1) = r, c
-    mask = np.zeros((r1 - r0, c1 - c0), dtype=bool)
-    parts = geom.geoms if hasattr(geom, "geoms") else [geom]
-
-    def to_px(coords):
-        a = np.asarray(coords, dtype=np.float64)
-        cols = (a[:, 0] - origin[0]) / scale - 0.5 - c0
-        rows = (a[:, 1] - origin[1]) / scale - 0.5 - r0
-        return rows, cols
-
-    for p in parts:
-        if not isinstance(p, Polygon) or p.is_empty:
-            continue
-        rr, cc = fill_polygon(*to_px(p.exterior.coords), shape=mask.shape)
-        part = np.zeros_like(mask)
-        part[rr, cc] = True
-        for hole in p.interiors:
-            rr, cc = fill_polygon(*to_px(hole.coords), shape=mask.shape)
-            part[rr, cc] = False
-        mask |= part
-    return mask

@@ -46,9 +46,9 @@ from her2core.inference.region import (
     RegionPlan,
     TissueIndex,
     plan_region,
-    roi_geometry,
 )
 from her2core.inference.workdir import WorkDir
+from her2core.qupath.rois import as_roi
 from her2core.slide.tissue import is_empty_tile
 from her2core.slide.writer import default_workers
 
@@ -124,7 +124,7 @@ def translate_slide(run, slide_path: str | Path, out_path: str | Path, *,
         raise UserError(f"{out_path}: output exists; pass --overwrite to replace it")
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: must be at least 1")
-    roi_geom, roi_source = _roi(roi)
+    roi_geom, roi_source = as_roi(roi)
     with open_slide(slide_path, mpp=slide_mpp) as slide:
         slide.require_mpp()
         # region/ROI problems are reported before the (slow) model load
@@ -182,20 +182,6 @@ def translate_slide(run, slide_path: str | Path, out_path: str | Path, *,
 
 
 # --------------------------------------------------------------------------- internals
-
-def _roi(roi):
-    if roi is None:
-        return None, "ROI"
-    from shapely.geometry.base import BaseGeometry
-
-    if isinstance(roi, BaseGeometry):
-        return roi, "ROI"
-    if isinstance(roi, (str, Path)):
-        from her2core.qupath.geojson import read_features
-
-        return roi_geometry(read_features(roi), str(roi)), str(roi)
-    return roi_geometry(list(roi)), "ROI"
-
 
 def _file_identity(p: Path) -> dict:
     st = p.stat()

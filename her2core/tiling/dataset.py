@@ -140,8 +140,8 @@ def save_tissue_geojson(tissue, path: Path, name: str = "Tissue") -> None:
 
 def candidate_tiles(case: Case, cfg: TileConfig, mpp: float | None, tissue_dir: Path | None = None):
     """(tissue mask, [(x, y, coverage)]) of tiles whose tissue ∩ ROI share reaches min_coverage."""
+    from her2core.qupath.rois import load_rois, rasterize
     from her2core.slide import open_slide
-    from her2core.tiling.rois import load_rois, rasterize
 
     with open_slide(case.he, mpp=mpp) as he:
         if he.mpp is None:
@@ -156,7 +156,8 @@ def candidate_tiles(case: Case, cfg: TileConfig, mpp: float | None, tissue_dir: 
     region = tissue.mask
     if case.rois is not None:
         roi = load_rois(case.rois, (W, H), classes=list(cfg.roi_classes) if cfg.roi_classes else None)
-        region = region & rasterize(roi, region.shape, tissue.step)
+        region = region & rasterize(roi, (0, region.shape[0]), (0, region.shape[1]),
+                                    scale=tissue.step)
         if not region.any():
             raise UserError(f"{case.rois}: the ROIs of case {case.case} contain no detected tissue")
     out = []
