@@ -189,9 +189,9 @@ class ModelWidget(Container):
             return None
         work_mpp = float(self.work_mpp.value) or None
         if work_mpp is None:
-            from her2core.inference.model import find_working_mpp
+            from her2core.training.runs import read_run, working_mpp
 
-            work_mpp = find_working_mpp(run_dir) or L.info(he).get("mpp") or float(he.scale[-1])
+            work_mpp = working_mpp(read_run(run_dir)) or L.info(he).get("mpp") or float(he.scale[-1])
         self.run_btn.enabled, self.cancel_btn.enabled = False, True
         self.status.value = f"running {info['framework']} on {len(rois)} ROI(s)…"
         self.progress.value = 0

@@ -17,7 +17,7 @@ from test_inference_support import ConvNet, border_step_ratio, synth_he
 from her2core.cli import main as her2
 from her2core.errors import UserError
 from her2core.inference.blend import AxisGrid, blend_block, blend_span, ramp
-from her2core.inference.model import find_working_mpp
+from her2core.inference.model import load_translator
 from her2core.inference.slide import translate_slide
 from her2core.slide import open_slide, write_pyramid
 from her2core.slide.reader import resize_rgb
@@ -212,18 +212,27 @@ def test_reads_at_working_mpp_and_skips_background(tmp_path, he_image):
     assert net.tiles_seen < AxisGrid(200, 64, 16).count * AxisGrid(300, 64, 16).count
 
 
-def test_working_mpp_comes_from_the_run_or_its_dataset(tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "dataset.json").write_text(json.dumps({"tile": 128, "mpp": 0.46}))
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "run.json").write_text(json.dumps({"format": "x", "data": {"root": str(data)}}))
-    assert find_working_mpp(run) == pytest.approx(0.46)
-    (run / "run.json").write_text(json.dumps({"data_root": str(data), "settings": {"work_mpp": 0.5}}))
-    assert find_working_mpp(run) == pytest.approx(0.5)
-    (run / "run.json").write_text(json.dumps({"data_root": str(tmp_path / "nowhere")}))
-    assert find_working_mpp(run) is None
+def test_working_mpp_is_recorded_in_run_json_from_dataset_json(tmp_path):
+    """`her2 sample`/`her2 tile` write dataset.json; training records its µm/px in run.json
+    (`working`); inference reads exactly that, nothing guessed."""
+    from her2core.sample import write_tile_dataset
+    from her2core.training import TrainConfig, train
+    from her2core.training.runs import read_run, working_mpp
+    from her2core.util.dataset_meta import read_dataset_meta
+
+    data = write_tile_dataset(tmp_path / "data", cases=3, tiles_per_case=2, tile=64, mpp=0.46, seed=1)
+    assert read_dataset_meta(data)["mpp"] == pytest.approx(0.46)
+    run = train("pyramid_pix2pix", data, tmp_path / "run", preset="tiny", progress=False,
+                train_config=TrainConfig(max_steps=1, batch_size=2, device="cpu"))
+    record = read_run(run)
+    assert record["working"] == {"mpp": pytest.approx(0.46), "mpp_source": "dataset.json",
+                                 "tile_wh": [64, 64]}
+    assert load_translator(run).work_mpp == pytest.approx(0.46)
+    assert working_mpp({"data": {"mpp": 0.5}}) == 0.5  # runs written before `working`
+    assert working_mpp({"data": {"root": "x"}}) is None
+    (data / "dataset.json").write_text('{"mpp": "half"}')
+    with pytest.raises(UserError, match="dataset.json: no valid 'mpp'"):
+        read_dataset_meta(data)
 
 
 # ----------------------------------------------------------------------------- bad input

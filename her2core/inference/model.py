@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,6 @@ import numpy as np
 from her2core.errors import UserError
 
 #: Keys under which a run's config or its dataset manifest may record the working scale.
-_MPP_KEYS = ("work_mpp", "working_mpp", "target_mpp", "tile_mpp", "mpp")
 
 
 def pick_device(device: Any = None):
@@ -64,79 +62,6 @@ def weights_fingerprint(module) -> str:
         if t.numel():
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def find_working_mpp(run_dir: Path) -> float | None:
-    """Microns per pixel the run was trained at, from its config or its dataset's manifest."""
-    seen: set[Path] = set()
-
-    def search(obj, depth=0):
-        if depth > 6:
-            return None
-        if isinstance(obj, dict):
-            for key in _MPP_KEYS:
-                v = obj.get(key)
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
-                    return float(v)
-            for v in obj.values():
-                r = search(v, depth + 1)
-                if r is not None:
-                    return r
-        return None
-
-    def from_file(p: Path):
-        if p in seen or not p.is_file():
-            return None
-        seen.add(p)
-        try:
-            obj = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-            return None
-        found = search(obj)
-        if found is not None:
-            return found
-        # a dataset named in the config: its dataset.json / manifest records the tiles' mpp
-        for key in ("data_root", "data", "dataset", "data_dir"):
-            d = obj.get(key) if isinstance(obj, dict) else None
-            if isinstance(d, dict):  # run.json: "data": {"root": ...}
-                d = d.get("root")
-            if not isinstance(d, str):
-                continue
-            d = Path(d) if Path(d).is_absolute() else (p.parent / d if not Path(d).exists() else Path(d))
-            cands = [d] if d.is_file() else [d / n for n in ("dataset.json", "manifest.json",
-                                                              "manifest.csv")]
-            for cand in cands:
-                r = _manifest_csv_mpp(cand) if cand.suffix == ".csv" else from_file(cand)
-                if r is not None:
-                    return r
-        return None
-
-    for name in ("run.json", "config.json", "train_config.json", "dataset.json", "manifest.json"):
-        r = from_file(run_dir / name)
-        if r is not None:
-            return r
-    for p in sorted(run_dir.glob("*.json")):
-        r = from_file(p)
-        if r is not None:
-            return r
-    return None
-
-
-def _manifest_csv_mpp(path: Path) -> float | None:
-    """The `mpp` column of a tile manifest CSV (first row that has one)."""
-    import csv
-
-    if not path.is_file():
-        return None
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        for row in csv.DictReader(f):
-            try:
-                v = float(row.get("mpp") or "nan")
-            except ValueError:
-                continue
-            if v > 0:
-                return v
-    return None
 
 
 @dataclass
@@ -183,13 +108,14 @@ def load_translator(run, *, device=None, steps: int | None = None, precision: st
     dev = pick_device(device)
     if isinstance(run, (str, os.PathLike)):
         from her2core.training import load_run
+        from her2core.training.runs import read_run, working_mpp
 
         run_dir = Path(run)
         if not run_dir.is_dir():
             raise UserError(f"{run_dir}: run folder not found; give the --out folder of `her2 train`")
         framework = load_run(run_dir, device=dev, step=step)
         return Translator(framework, dev, steps=steps, precision=precision,
-                          work_mpp=find_working_mpp(run_dir),
+                          work_mpp=working_mpp(read_run(run_dir)),
                           name=getattr(framework, "name", type(framework).__name__),
                           run_name=run_dir.resolve().name)
     framework = run

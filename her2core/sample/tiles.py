@@ -24,7 +24,8 @@ from her2core.errors import UserError
 from her2core.sample.render import StainStyle, he_rgb, her2_rgb
 from her2core.sample.tissue import TissueModel
 from her2core.sample.warp import DisplacementGrid, random_grid, resample
-from her2core.util.atomic import write_json, write_png, write_text
+from her2core.util.atomic import write_png, write_text
+from her2core.util.dataset_meta import write_dataset_meta
 
 MANIFEST_COLUMNS = ("name", "case", "her2_score", "split", "mpp", "tile", "mode",
                     "x_um", "y_um", "he_path", "ihc_path")
@@ -119,8 +120,7 @@ def write_tile_dataset(out_dir, *, cases: int = 4, tile: int = 128, mpp: float =
     writer.writeheader()
     writer.writerows(rows)
     write_text(out / "manifest.csv", buf.getvalue())
-    write_json(out / "dataset.json", {"generator": "her2core.sample.write_tile_dataset", "cases": cases,
-                                      "tile": tile, "mpp": mpp, "tiles_per_case": tiles_per_case,
-                                      "seed": seed, "mode": mode, "scores": scores,
-                                      "splits": splits, "layout": "her2match"})
+    write_dataset_meta(out, generator="her2core.sample.write_tile_dataset", mpp=mpp, tile_px=tile,
+                       cases=cases, tiles_per_case=tiles_per_case, seed=seed, mode=mode,
+                       scores=scores, splits=splits)
     return out

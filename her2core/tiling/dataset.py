@@ -30,6 +30,7 @@ from her2core.tiling.cases import Case
 from her2core.tiling.qc import QCConfig, tile_qc
 from her2core.tiling.splits import SPLITS, assign_splits, load_splits, save_splits
 from her2core.util.atomic import write_png, write_text
+from her2core.util.dataset_meta import write_dataset_meta
 
 COLUMNS = ("name", "case", "her2_score", "mode", "split", "x", "y", "size_px", "source_mpp", "mpp", "tile",
            "x_um", "y_um", "coverage", "background_frac", "blur_frac", "sharpness", "dark_frac", "ink_frac",
@@ -360,6 +361,8 @@ def build_dataset(cases: list[Case], out_dir: str | Path, config: TileConfig | N
     write_text(out_dir / "manifest.csv", buf.getvalue())
     summary = _summary(all_rows, splits)
     write_json(out_dir / "summary.json", summary)
+    write_dataset_meta(out_dir, generator="her2core.tiling.build_dataset", mpp=cfg.out_mpp,
+                       tile_px=cfg.out_px, cases=len(cases), splits=summary.get("splits"))
     if summary["kept"] == 0:
         raise UserError(f"{out_dir}: no tile passed QC ({summary['candidates']} candidates; reasons "
                         f"{summary['reasons']}); see manifest.csv and relax the QC thresholds")

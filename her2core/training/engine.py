@@ -118,25 +118,24 @@ def _check_resume_config(stored: TrainConfig, given: TrainConfig | None, out: Pa
     return dataclasses.replace(stored, **changes)
 
 
-def _dataset_mpp(root: Path) -> float | None:
-    """Microns per pixel of the tiles, from the dataset's dataset.json or manifest.csv (None if unknown)."""
+def _dataset_mpp(root: Path) -> tuple[float | None, str | None]:
+    """(microns per pixel of the tiles, where it was read): the dataset's dataset.json, or the
+    `mpp` column of manifest.csv for datasets made before dataset.json existed."""
     import csv
-    import json
 
+    from her2core.util.dataset_meta import NAME, read_dataset_meta
+
+    meta = read_dataset_meta(root)
+    if meta is not None:
+        return float(meta["mpp"]), NAME
     try:
-        meta = json.loads((root / "dataset.json").read_text())
-        if isinstance(meta.get("mpp"), (int, float)):
-            return float(meta["mpp"])
-    except (OSError, ValueError):
-        pass
-    try:
-        with (root / "manifest.csv").open(newline="") as fh:
+        with (root / "manifest.csv").open(newline="", encoding="utf-8-sig") as fh:
             for row in csv.DictReader(fh):
                 if row.get("mpp"):
-                    return float(row["mpp"])
+                    return float(row["mpp"]), "manifest.csv"
     except (OSError, ValueError):
         pass
-    return None
+    return None, None
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -227,6 +226,7 @@ def _run(framework, cls, preset, tc, data_root, out, env, resume, progress, canc
         log.truncate(start)
     elif env.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        data_mpp, data_mpp_source = _dataset_mpp(Path(data_root))
         write_json(out / "run.json", {
             "format": RUN_FORMAT, "framework": framework.name, "family": framework.family, "preset": preset,
             "model_config": to_dict(framework.config), "train_config": to_dict(tc),
@@ -237,9 +237,11 @@ def _run(framework, cls, preset, tc, data_root, out, env, resume, progress, canc
                          "epochs": res["epochs"], "total_steps": total, "steps_per_epoch": steps_per_epoch,
                          "world_size": env.world_size, "precision": precision, "device": str(device),
                          "tile_wh": list(tile_wh)},
+            # the scale the network learnt: inference translates at this µm/px by default
+            "working": {"mpp": data_mpp, "mpp_source": data_mpp_source, "tile_wh": list(tile_wh)},
             "recipe": framework.resolved_recipe(),
             "data": {"root": str(Path(data_root).resolve()), "train_split": tc.train_split,
-                     "mpp": _dataset_mpp(Path(data_root)),
+                     "mpp": data_mpp,
                      "train_pairs": len(train_ds), "scored_pairs": scored, "include": tc.include,
                      "scores": tc.scores},
             "parameter_counts": framework.parameter_counts(),

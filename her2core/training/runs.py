@@ -42,6 +42,16 @@ def read_run(run_dir) -> dict:
     return run
 
 
+def working_mpp(run: dict) -> float | None:
+    """Microns per pixel the run's network learnt at (run.json `working`, or `data` in runs written
+    before it); None when its dataset recorded none."""
+    for section in ("working", "data"):
+        v = (run.get(section) or {}).get("mpp")
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
+            return float(v)
+    return None
+
+
 def build_framework(run: dict, source: str):
     from her2core.models import registry
     from her2core.util.configs import from_dict
