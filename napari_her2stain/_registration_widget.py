@@ -30,8 +30,6 @@ from napari_her2stain import _jobs, _overlays
 from napari_her2stain import _layers as L
 from napari_her2stain._reader import read_folder
 
-DECISION_FILE = "review_decision.json"
-
 
 class RegistrationWidget(Container):
     """Dock widget: register / load, overlay or checkerboard, residuals, flagged list, accept."""
@@ -232,21 +230,11 @@ class RegistrationWidget(Container):
     # -- decision -------------------------------------------------------------------
     def accept(self, *_):
         """Record that a person looked at this registration and accepted it."""
-        from her2core.util.atomic import write_json
+        from her2core.registration.decision import write_decision
 
         if self.folder is None or self.review is None:
             self.status.value = "load a registration with a review first"
             return None
-        decision = {
-            "accepted": True,
-            "note": self.note.value,
-            "regions": self.review["summary"]["regions"],
-            "flagged": self.review["summary"]["flagged"],
-            "median_shift_um": self.review["summary"].get("median_shift_um"),
-            "transform": "transform.json",
-            "registered": "her2_registered.ome.tif",
-        }
-        path = self.folder / DECISION_FILE
-        write_json(path, decision)
+        path = write_decision(self.folder, self.review, note=self.note.value)
         self.status.value = f"accepted: {path.name} written"
         return path

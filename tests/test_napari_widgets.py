@@ -63,7 +63,8 @@ def _dab_mean(rgb):
 
 # --------------------------------------------------------------------------- registration
 def test_registration_widget_runs_reviews_and_accepts(make_napari_viewer, case, tmp_path):
-    from napari_her2stain._registration_widget import DECISION_FILE, RegistrationWidget
+    from her2core.registration.decision import DECISION_FILE
+    from napari_her2stain._registration_widget import RegistrationWidget
 
     viewer = make_napari_viewer()
     w = RegistrationWidget(viewer)

@@ -174,3 +174,32 @@ def test_cli_tile_from_cases_csv_with_transform_and_shared_splits(base, tmp_path
     # one case without a split, and a missing score, are one-line errors (exit 2)
     assert main(["tile", "--he", str(case / "he.ome.tif"), "--her2-registered",
                  str(reg / "her2_registered.ome.tif"), "--score", "2+", "--out", str(tmp_path / "c")]) == 2
+
+
+def test_require_review_refuses_unaccepted_registrations_before_writing(base, tmp_path, capsys):
+    """`her2 tile --require-review`: a case whose registration no person accepted is refused in
+    one line and nothing is written; the napari widget's decision (written through
+    registration.decision) lets it through; dataset.json records the tiles' scale."""
+    import shutil
+
+    from her2core.cli import main
+    from her2core.registration.decision import write_decision
+    from her2core.util.dataset_meta import read_dataset_meta
+
+    case, reg = registered_same(base)
+    mine = tmp_path / "reg"
+    shutil.copytree(reg, mine)
+    (mine / "review_decision.json").unlink(missing_ok=True)
+    argv = ["tile", "--he", str(case / "he.ome.tif"), "--her2-registered",
+            str(mine / "her2_registered.ome.tif"), "--score", "2+", "--split", "train",
+            "--tile-px", "512", "--max-dark", "1", "--max-blur", "1", "--max-ink", "1",
+            "--require-review", "--out", str(tmp_path / "ds")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not reviewed" in err[0] and "review_decision.json" in err[0]
+    assert not (tmp_path / "ds").exists() or not any((tmp_path / "ds").iterdir())
+    review = json.loads((mine / "review.json").read_text())
+    write_decision(mine, review, note="checked")
+    assert main(argv) == 0
+    meta = read_dataset_meta(tmp_path / "ds")
+    assert meta["mpp"] == 0.5 and meta["tile_px"] == 256

@@ -27,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--splits", help="fixed case -> split file (JSON {'splits': {...}} or CSV case,split); "
                    "use the splits.json of another dataset to get the same splits")
     p.add_argument("--seed", type=int, default=0, help="seed of the case-stratified split")
+    p.add_argument("--require-review", action="store_true",
+                   help="refuse cases whose registration no person accepted (review_decision.json, "
+                        "written by the napari registration widget)")
     p.add_argument("--config", help="TileConfig JSON (e.g. a tile_config.json); options below override it")
     g = p.add_argument_group("tiles")
     g.add_argument("--tile-px", type=int, help="tile side at the source scale (default 1024)")
@@ -97,6 +100,7 @@ def run(args) -> int:
     cfg = build_config(args)
     with named_bars("tile") as progress:
         s = build_dataset(cases, args.out, cfg, splits=splits, mpp=args.mpp, workers=args.workers,
+                          require_review=args.require_review,
                           progress=progress)
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(s["reasons"].items())) or "none"
     print(f"{s['kept']} of {s['candidates']} tiles kept (train {s['per_split']['train']}, val "

@@ -204,15 +204,32 @@ def review_flagged_boxes(case: Case) -> list[tuple[float, float, float, float]]:
     """
     import json
 
-    for p in (case.her2_registered, case.transform):
-        if p is not None and (Path(p).parent / "review.json").is_file():
+    for folder in registration_folders(case):
+        if (folder / "review.json").is_file():
             try:
-                rv = json.loads((Path(p).parent / "review.json").read_text())
+                rv = json.loads((folder / "review.json").read_text())
             except (OSError, ValueError) as exc:
-                raise UserError(f"{Path(p).parent / 'review.json'}: unreadable review ({exc}); "
+                raise UserError(f"{folder / 'review.json'}: unreadable review ({exc}); "
                                 "re-run `her2 review` or delete it") from None
             return [(r["x"], r["y"], r["w"], r["h"]) for r in rv.get("regions", []) if r.get("flagged")]
     return []
+
+
+def registration_folders(case: Case) -> list[Path]:
+    """Folders of the case's registration (`her2 register --out`): beside its registered slide
+    and/or its transform."""
+    return [Path(p).parent for p in (case.her2_registered, case.transform) if p is not None]
+
+
+def require_reviewed(case: Case) -> None:
+    """A UserError unless a person accepted the case's registration (`review_decision.json`)."""
+    from her2core.registration.decision import require_accepted
+
+    folders = registration_folders(case)
+    if not folders:
+        raise UserError(f"case {case.case}: no registration to review (give her2_registered or "
+                        "transform), or drop --require-review")
+    require_accepted(folders[0], case.case)
 
 
 def tile_case(case: Case, split: str, out_dir: Path, cfg: TileConfig, *, mpp: float | None = None,
@@ -301,8 +318,11 @@ def tile_case(case: Case, split: str, out_dir: Path, cfg: TileConfig, *, mpp: fl
 def build_dataset(cases: list[Case], out_dir: str | Path, config: TileConfig | None = None, *,
                   splits: dict[str, str] | str | Path | None = None, mpp: float | None = None,
                   workers: int = 1, progress: Callable[[str, int, int], None] | None = None,
-                  cancel: Callable[[], bool] | None = None) -> dict:
-    """Tile every case into one dataset; returns a summary (counts per split and per reason)."""
+                  cancel: Callable[[], bool] | None = None, require_review: bool = False) -> dict:
+    """Tile every case into one dataset; returns a summary (counts per split and per reason).
+
+    `require_review`: refuse, before writing anything, any case whose registration no person
+    accepted (`her2core.registration.decision`)."""
     from her2core.util.atomic import write_json
     from her2core.util.configs import to_dict
 
@@ -315,6 +335,9 @@ def build_dataset(cases: list[Case], out_dir: str | Path, config: TileConfig | N
     ids = [c.case for c in cases]
     if len(set(ids)) != len(ids):
         raise UserError(f"duplicate case ids: {sorted({i for i in ids if ids.count(i) > 1})}")
+    if require_review:
+        for case in cases:
+            require_reviewed(case)
     # settings must match an earlier run in the same folder (resume), or the folder is someone else's
     cfg_path = out_dir / "tile_config.json"
     cfg_dict = to_dict(cfg)
@@ -362,7 +385,7 @@ def build_dataset(cases: list[Case], out_dir: str | Path, config: TileConfig | N
     summary = _summary(all_rows, splits)
     write_json(out_dir / "summary.json", summary)
     write_dataset_meta(out_dir, generator="her2core.tiling.build_dataset", mpp=cfg.out_mpp,
-                       tile_px=cfg.out_px, cases=len(cases), splits=summary.get("splits"))
+                       tile_px=cfg.out_px, cases=len(cases), tiles_per_split=summary.get("per_split"))
     if summary["kept"] == 0:
         raise UserError(f"{out_dir}: no tile passed QC ({summary['candidates']} candidates; reasons "
                         f"{summary['reasons']}); see manifest.csv and relax the QC thresholds")
