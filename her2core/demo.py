@@ -63,6 +63,10 @@ _CONSECUTIVE_QC = {"max_shift_um": 20.0, "shift_smooth_um": 6.0}
 _CONSECUTIVE_QC_FLAGS = [f"--{k.replace('_', '-')} {v:g}" for k, v in _CONSECUTIVE_QC.items()]
 
 
+SUMMARY_NAME = "demo_summary.json"
+SUMMARY_FORMAT = "her2-demo/1"
+
+
 @dataclass
 class StageLog:
     name: str
@@ -307,10 +311,39 @@ class Demo:
     def report(self) -> Path:
         from her2core.demo_report import build_demo_report
 
-        st = self._stage("report", f"her2 report {self.out/'compare'} --out {self.out/'report.html'}")
-        path = build_demo_report(self)
+        st = self._stage("report", f"her2 report {self.out} --out {self.out/'report.html'}")
+        self.write_summary()
+        path = build_demo_report(self.out, self.out / "report.html")
         self._done(st, report=str(path))
         return path
+
+    def write_summary(self, seconds: float | None = None) -> Path:
+        """demo_summary.json: everything the report shows, paths relative to the demo folder, so
+        `her2 report DEMO_FOLDER` rebuilds the page from the folder alone."""
+        from her2core.util.atomic import write_json
+
+        def rel(p) -> str:
+            p = Path(p)
+            return str(p.relative_to(self.out)) if p.is_relative_to(self.out) else str(p)
+
+        state = {
+            "format": SUMMARY_FORMAT, "config": asdict(self.cfg), "finding": self.finding,
+            "seconds": seconds,
+            "stages": [{"name": s.name, "command": s.command, "seconds": s.seconds} for s in self.stages],
+            "registrations": {k: {"dir": rel(r["dir"]), "truth": r["truth"], "median_um": r["median_um"],
+                                  "p90_um": r["p90_um"], "flagged": r["flagged"],
+                                  "no_match": r["no_match"]} for k, r in self.registrations.items()},
+            "virtual": {k: {"case": rel(v["case"]), "region": list(v["region"]), "path": rel(v["path"])}
+                        for k, v in self.virtual.items()},
+            "runs": {k: {"dir": rel(r["dir"]), "model": r["model"], "dataset": r["dataset"],
+                         "steps": r["steps"]} for k, r in self.runs.items()},
+            "datasets": {k: {"root": rel(d["root"])} for k, d in self.datasets.items()},
+            "evals": [{"run": name, "test_set": ds, "dir": rel(e["dir"]), "set": e["set"]}
+                      for (name, ds), e in sorted(self.evals.items())],
+            "compare": rel(self.out / "compare"),
+        }
+        write_json(self.out / SUMMARY_NAME, state)
+        return self.out / SUMMARY_NAME
 
     def run(self) -> Path:
         t0 = time.perf_counter()
@@ -320,13 +353,9 @@ class Demo:
         self.train()
         self.translate()
         self.evaluate()
-        finding = self.check_finding()
+        self.check_finding()
         path = self.report()
-        from her2core.util.atomic import write_json
-
-        write_json(self.out / "demo_summary.json", {
-            "config": asdict(self.cfg), "finding": finding, "seconds": time.perf_counter() - t0,
-            "stages": [{"name": s.name, "command": s.command, "seconds": s.seconds} for s in self.stages]})
+        self.write_summary(seconds=time.perf_counter() - t0)
         return path
 
 

@@ -1,12 +1,14 @@
 """The demo's HTML report: registration review, examples, metrics, mixed effects, slide previews.
 
-Built from the evaluation package's report blocks (`her2core.evaluation.report`),
-extended with the sections only the demo has (registration, virtual slides,
-the key finding, stage timings).
+Built from a demo folder alone (its `demo_summary.json`, paths relative to the folder), with the
+project's one HTML builder (`util.html_report`) and the evaluation and comparison sections of
+`evaluation.report`, extended with what only the demo has (registration, virtual slides, the
+key finding, stage timings). `her2 report DEMO_FOLDER` and `her2 demo` both call it.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +38,31 @@ def _virtual_rgb(path: Path, max_side: int = 512) -> np.ndarray:
     return img
 
 
-def build_demo_report(demo) -> Path:
-    from her2core.evaluation.report import Report, add_comparison, add_evaluation
+def load_demo_summary(folder: Path) -> dict:
+    """The demo folder's demo_summary.json (a UserError naming the file when it is not one)."""
+    from her2core.errors import UserError
 
-    out = demo.out
+    path = Path(folder) / "demo_summary.json"
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable demo summary ({exc}); run `her2 demo` again") from None
+    if not isinstance(state, dict) or state.get("format") != "her2-demo/1":
+        raise UserError(f"{path}: not a demo summary of this version; run `her2 demo` again")
+    return state
+
+
+def build_demo_report(folder, out_path) -> Path:
+    """report.html of a finished `her2 demo` folder, from its demo_summary.json."""
+    from her2core.evaluation.report import add_comparison, add_evaluation
+    from her2core.util.html_report import Report
+
+    out = Path(folder)
+    state = load_demo_summary(out)
     rep = Report("napari-her2stain demo: virtual HER2 from H&E, end to end")
-    f = demo.finding
+    f = state["finding"]
+    registrations = {k: {**r, "dir": out / r["dir"]} for k, r in state["registrations"].items()}
+    evals = {(e["run"], e["test_set"]): {"dir": out / e["dir"], "set": e["set"]} for e in state["evals"]}
 
     s = rep.section("Key finding: same-section pairs train better models")
     eff = f.get("mixed_effects_dataset_term") or {}
@@ -55,12 +76,14 @@ def build_demo_report(demo) -> Path:
     if eff:
         from her2core.evaluation.mixed import term_line
 
-        line = term_line(getattr(demo, "comparison", None), eff)
+        cmp_file = out / state["compare"] / "compare.json"
+        comparison = json.loads(cmp_file.read_text()) if cmp_file.is_file() else None
+        line = term_line(comparison, eff)
         s.text(f"{line[0].upper()}{line[1:]} (SE {eff.get('std_error', float('nan')):.4f}).")
 
     s = rep.section("Registration review")
     rows = []
-    for name, r in demo.registrations.items():
+    for name, r in registrations.items():
         truth = r["truth"]
         rows.append({"case": name, "section": truth.get("section_mode", truth.get("section", "")),
                      "HER2 score": truth.get("her2_score"),
@@ -72,8 +95,8 @@ def build_demo_report(demo) -> Path:
            "as 'no reliable match' and left out of the statistics. Consecutive-section pairs find no "
            "cell-level match at all: their cells are not the same cells.", note=True)
     previews = []
-    for name in list(demo.registrations)[:2]:
-        d = demo.registrations[name]["dir"]
+    for name in list(registrations)[:2]:
+        d = registrations[name]["dir"]
         for png in sorted(Path(d).glob("*.png"))[:2]:
             previews.append((f"{name}: {png.stem}", png))
     for caption, png in previews:
@@ -81,13 +104,13 @@ def build_demo_report(demo) -> Path:
 
     s = rep.section("Virtual HER2 slides")
     grid, caps = [], []
-    for label, v in demo.virtual.items():
-        case = Path(v["case"])
+    for label, v in state["virtual"].items():
+        case = out / v["case"]
         he = _region_rgb(case / "he.ome.tif", v["region"])
-        virt = _virtual_rgb(v["path"])
+        virt = _virtual_rgb(out / v["path"])
         real = _region_rgb(case / "her2.ome.tif", v["region"]) if label.startswith("real") else None
         if not label.startswith("real"):
-            reg = demo.registrations[case.name]["dir"] / "her2_registered.ome.tif"
+            reg = registrations[case.name]["dir"] / "her2_registered.ome.tif"
             real = _region_rgb(reg, v["region"]) if reg.exists() else None
         grid.append([he, virt, real])
         caps.append(f"{label}: {case.name}, region {v['region']} (level-0 x, y, w, h)")
@@ -95,20 +118,20 @@ def build_demo_report(demo) -> Path:
     s.text("Each virtual slide is a pyramidal OME-TIFF with microns per pixel and its origin; open it in "
            "napari or QuPath next to the real HER2.", note=True)
 
-    for (name, test_ds), e in sorted(demo.evals.items()):
+    for (name, test_ds), e in sorted(evals.items()):
         if test_ds != "same" or "seed" in name:  # one example section per framework and dataset
             continue
-        he_dir = demo.datasets["same"]["root"] / "HE_20x" / "test"
+        he_dir = out / state["datasets"]["same"]["root"] / "HE_20x" / "test"
         add_evaluation(rep, e["dir"], he_dir=he_dir if he_dir.exists() else None, n_examples=3)
         rep.sections[-1].title = f"Evaluation of {name} on the aligned test tiles"
 
     s = rep.section("All runs on both test sets (means)")
     rows = []
-    for (name, test_ds), e in sorted(demo.evals.items()):
+    for (name, test_ds), e in sorted(evals.items()):
         import pandas as pd
 
         df = pd.read_csv(Path(e["dir"]) / "per_image.csv")
-        row = {"run": name, "trained on": demo.runs[name]["dataset"], "tested on": test_ds, "N": len(df)}
+        row = {"run": name, "trained on": state["runs"][name]["dataset"], "tested on": test_ds, "N": len(df)}
         for m in ("ssim", "psnr", "ms_ssim", "dab_od_mae", "dab_grid_r"):
             if m in df.columns:
                 row[m] = float(df[m].mean())
@@ -121,9 +144,9 @@ def build_demo_report(demo) -> Path:
     s.text("Consecutive-section targets are other cells than the H&E shows, so every model scores lower "
            "against them: this is why pixel metrics on BCI-like data mislead.", note=True)
 
-    add_comparison(rep, demo.out / "compare")
+    add_comparison(rep, out / state["compare"])
 
     s = rep.section("How this was made")
-    s.table([{"stage": st.name, "seconds": round(st.seconds, 1), "equivalent command": st.command}
-             for st in demo.stages])
-    return rep.write(out / "report.html")
+    s.table([{"stage": st["name"], "seconds": round(st["seconds"], 1), "equivalent command": st["command"]}
+             for st in state["stages"]])
+    return rep.write(out_path)

@@ -45,3 +45,14 @@ def test_demo_chain_writes_complete_report_and_finding(tmp_path):
     assert len(shown) >= 8
     for command in shown:
         build_parser().parse_args(her2_argv(command))
+    # the report is built from the folder alone: `her2 report DEMO` rebuilds it, even moved
+    import shutil
+
+    from her2core.cli import main as her2
+
+    moved = tmp_path / "moved"
+    shutil.move(tmp_path / "demo", moved)
+    assert her2(["report", str(moved), "--out", str(tmp_path / "again.html")]) == 0
+    again = (tmp_path / "again.html").read_text()
+    assert "Key finding" in again and "Registration review" in again and "(missing)" not in again
+    assert again.count("data:image/png;base64,") >= 10

@@ -68,7 +68,7 @@ def test_recovers_planted_fixed_effects(tmp_path):
 
 def test_report_builder_api(tmp_path):
     """The small API the demo extends: sections of text, tables, figures, image grids."""
-    from her2core.evaluation.report import Report
+    from her2core.util.html_report import Report
 
     rep = Report("demo")
     sec = rep.section("Registration review")

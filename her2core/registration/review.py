@@ -14,7 +14,6 @@ flagged as misregistered and never part of the statistics. Thresholds are in mic
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from her2core.errors import UserError
 from her2core.registration.match import patch_shift
 from her2core.registration.warp import read_he_patch
 from her2core.stain import hematoxylin_od
-from her2core.util.atomic import write_json, write_png, write_text
+from her2core.util.atomic import write_json, write_png
 
 
 def _regions(w: int, h: int, region: int):
@@ -173,7 +172,7 @@ def review(he_path, registered_path, out_dir, *, region: int = 1024, threshold_u
                   "no_match_regions": unmatched, "warnings": warnings, "transform": tinfo,
                   "previews": previews}
         write_json(out_dir / "review.json", result)
-        write_text(out_dir / "review.html", _html(result))
+        _report(result, out_dir).write(out_dir / "review.html")
         return result
     finally:
         he.close()
@@ -217,40 +216,38 @@ def _write_previews(he, reg, out_dir: Path, rows: list[dict], size: int) -> dict
     return names
 
 
-def _html(r: dict) -> str:
+def _report(r: dict, out_dir: Path):
+    """The review as an HTML page (the project's one builder, previews embedded)."""
+    from her2core.util.html_report import Report
+
     s = r["summary"]
-    esc = html.escape
-
-    def fmt(v):
-        return "–" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))
-
-    warn = "".join(f"<li class=warn>{esc(w)}</li>" for w in r["warnings"]) or "<li>none</li>"
-    flagged = [x for x in r["regions"] if x["flagged"]]
-    trs = "".join(
-        f"<tr><td>{x['x']}</td><td>{x['y']}</td><td>{x['shift_um']:.2f}</td><td>{x['correlation']:.2f}</td>"
-        f"<td>{esc('; '.join(x['reasons']))}</td></tr>" for x in flagged) or "<tr><td colspan=5>none</td></tr>"
-    nm = "".join(f"<tr><td>{x['x']}</td><td>{x['y']}</td><td>{x['patches_matched']} / {x['patches']}</td></tr>"
-                 for x in r.get("no_match_regions", [])) or "<tr><td colspan=3>none</td></tr>"
-    p = r["previews"]
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Registration review</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}} td,th{{padding:2px 8px;text-align:right}}
-.warn{{color:#b00;font-weight:bold}} img{{max-width:32%;margin:0.5%;border:1px solid #ccc}}</style></head><body>
-<h1>Registration review</h1>
-<p>H&amp;E: <code>{esc(r['he'])}</code><br>registered HER2: <code>{esc(r['registered'])}</code></p>
-<table><tr><th>regions measured</th><th>flagged</th><th>no reliable match</th><th>median residual µm</th><th>p90 µm</th><th>max µm</th>
-<th>median correlation</th></tr><tr><td>{s['regions']}</td><td>{s['flagged']}</td><td>{s.get('no_match', 0)}</td>
-<td>{fmt(s['median_shift_um'])}</td><td>{fmt(s['p90_shift_um'])}</td><td>{fmt(s['max_shift_um'])}</td>
-<td>{fmt(s['median_correlation'])}</td></tr></table>
-<p>Regions of {r['region_px']} px at level 0, measured patch by patch ({r.get('patch_um', 0):g} µm patches,
-block matching on hematoxylin at {r['review_mpp']:g} µm/px); a patch counts when its correlation after the shift is
-at least {r['min_correlation']:g}; a region's residual is the median over its counted patches and it is flagged when
-that exceeds {r['threshold_um']:g} µm. Regions with too few counted patches are listed apart as "no reliable match"
-and left out of every statistic.</p>
-<h2>Warnings</h2><ul>{warn}</ul>
-<h2>Previews</h2><p>checkerboard (H&amp;E / registered HER2) · overlay (magenta H&amp;E nuclei, green HER2 nuclei,
-white where they agree) · regions (red = flagged)</p>
-<img src="{p['checkerboard']}"><img src="{p['overlay']}"><img src="{p['regions']}">
-<h2>Flagged regions</h2><table><tr><th>x</th><th>y</th><th>residual µm</th><th>correlation</th><th>why</th></tr>{trs}</table>
-<h2>No reliable match (not measured, not in the statistics)</h2><table><tr><th>x</th><th>y</th><th>patches matched</th></tr>{nm}</table>
-</body></html>
-"""
+    rep = Report("Registration review")
+    head = rep.section("Summary")
+    head.table({"H&E": r["he"], "registered HER2": r["registered"]})
+    head.table([{"regions measured": s["regions"], "flagged": s["flagged"],
+                 "no reliable match": s.get("no_match", 0),
+                 "median residual µm": s["median_shift_um"], "p90 µm": s["p90_shift_um"],
+                 "max µm": s["max_shift_um"], "median correlation": s["median_correlation"]}])
+    head.text(f"Regions of {r['region_px']} px at level 0, measured patch by patch "
+              f"({r.get('patch_um', 0):g} µm patches, block matching on hematoxylin at "
+              f"{r['review_mpp']:g} µm/px); a patch counts when its correlation after the shift is at "
+              f"least {r['min_correlation']:g}; a region's residual is the median over its counted "
+              f"patches and it is flagged when that exceeds {r['threshold_um']:g} µm. Regions with too "
+              "few counted patches are listed apart as \"no reliable match\" and left out of every "
+              "statistic.")
+    warn = rep.section("Warnings")
+    for w in r["warnings"] or ["none"]:
+        warn.text(w)
+    prev = rep.section("Previews")
+    prev.text("checkerboard (H&E / registered HER2) · overlay (magenta H&E nuclei, green HER2 "
+              "nuclei, white where they agree) · regions (red = flagged)", note=True)
+    for key, name in r["previews"].items():
+        prev.figure(out_dir / name, caption=key)
+    rep.section("Flagged regions").table(
+        [{"x": x["x"], "y": x["y"], "residual µm": x["shift_um"], "correlation": x["correlation"],
+          "why": "; ".join(x["reasons"])} for x in r["regions"] if x["flagged"]]
+        or [{"x": "none"}])
+    rep.section("No reliable match (not measured, not in the statistics)").table(
+        [{"x": x["x"], "y": x["y"], "patches matched": f"{x['patches_matched']} / {x['patches']}"}
+         for x in r.get("no_match_regions", [])] or [{"x": "none"}])
+    return rep
