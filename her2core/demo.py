@@ -133,7 +133,7 @@ class Demo:
             if (out / "transform.json").exists() and (out / "her2_registered.ome.tif").exists():
                 review = json.loads((out / "review.json").read_text()) if (out / "review.json").exists() else {}
             else:
-                res = register(d / "he.ome.tif", d / "her2.ome.tif", out)
+                res = register(d / "he.ome.tif", d / "her2.ome.tif", out, overwrite=True)  # its own, unfinished
                 review = res.review or {}
             summ = review.get("summary", {})
             self.registrations[d.name] = {

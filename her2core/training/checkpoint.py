@@ -113,6 +113,10 @@ def load_weights(framework, weights: Path, device=None) -> None:
 
     tensors = load_file(str(weights), device=str(device) if device is not None else "cpu")
     model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    bad = [k for k, v in model.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise UserError(f"{weights}: {len(bad)} of {len(model)} tensors hold NaN/inf (e.g. {bad[0]}); "
+                        "the checkpoint is damaged: resume or load an earlier one")
     missing, unexpected = framework.load_state_dict(model, strict=False)
     if missing or unexpected:
         raise UserError(f"{weights}: does not fit {framework.name} with this config "
