@@ -23,6 +23,7 @@ import json
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -53,8 +54,11 @@ def lock_path(path: str | os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
-def locked(path: str | os.PathLike, command: str) -> Iterator[Path]:
-    """Hold the exclusive lock of the output `path` (file or folder) for the block."""
+def locked(path: str | os.PathLike, command: str, *, wait_s: float = 0.0) -> Iterator[Path]:
+    """Hold the exclusive lock of the output `path` (file or folder) for the block.
+
+    `wait_s`: how long to wait for another holder (short read-modify-write commands such as
+    `her2 qupath project` queue up instead of failing); 0 fails at once."""
     lock = lock_path(path)
     key = (str(lock), threading.get_ident())
     with _held_guard:
@@ -68,7 +72,16 @@ def locked(path: str | os.PathLike, command: str) -> Iterator[Path]:
             with _held_guard:
                 mine[0] -= 1
         return
-    fd = _acquire(lock, Path(path), command)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fd = _acquire(lock, Path(path), command)
+            break
+        except _Busy as busy:
+            if time.monotonic() >= deadline:
+                raise UserError(f"{path}: being written by {busy.holder}; wait for it to finish or "
+                                "choose another output") from None
+            time.sleep(0.05)
     with _held_guard:
         _held[key] = [1, fd]
     try:
@@ -79,6 +92,11 @@ def locked(path: str | os.PathLike, command: str) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.unlink(lock)  # before unlocking: a waiter that opened it re-checks the inode
         os.close(fd)
+
+
+class _Busy(Exception):
+    def __init__(self, holder: str):
+        self.holder = holder
 
 
 def _acquire(lock: Path, path: Path, command: str) -> int:
@@ -100,8 +118,7 @@ def _acquire(lock: Path, path: Path, command: str) -> int:
         except BlockingIOError:
             holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
             os.close(fd)
-            raise UserError(f"{path}: being written by {holder}; wait for it to finish or choose "
-                            "another output") from None
+            raise _Busy(holder) from None
         try:
             same = os.fstat(fd).st_ino == os.stat(lock).st_ino
         except FileNotFoundError:
