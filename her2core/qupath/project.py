@@ -575,12 +575,11 @@ def _swap(staged: dict[Path, bytes], remove: Sequence[Path] = ()) -> dict[Path, 
     try:
         for target, data in todo.items():
             target.parent.mkdir(parents=True, exist_ok=True)
-            part = target.with_name(f".{target.name}.her2-txn-{os.getpid()}")
+            part = parts[target] = target.with_name(f".{target.name}.her2-txn-{os.getpid()}")
             with open(part, "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            parts[target] = part
         backups = {t: b for t in todo if (b := _backup(t)) is not None}
         for p in remove:
             p.unlink(missing_ok=True)

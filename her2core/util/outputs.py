@@ -126,8 +126,9 @@ def _acquire(lock: Path, path: Path, command: str) -> int:
         if same:
             break
         os.close(fd)  # the previous holder removed it between our open and flock: retry
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"`{command}` (pid {os.getpid()} on {socket.gethostname()})\n".encode(), 0)
+    with contextlib.suppress(OSError):  # who holds it is for the message only (a full disk: none)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"`{command}` (pid {os.getpid()} on {socket.gethostname()})\n".encode(), 0)
     return fd
 
 
