@@ -360,3 +360,21 @@ def test_provenance_records_what_wrote_the_tiles(tiles, tmp_path):
     assert rec["inputs"] == str(tiles.resolve())
     assert pd.Series(sorted(p.name for p in (tmp_path / "o").glob("*.png"))).tolist() == [
         f"t{i}.png" for i in range(5)]
+
+
+def test_nan_displacement_field_is_refused_not_turned_into_white_tiles(tmp_path):
+    from her2core.registration.transform import Transform, load_transform
+
+    t = Transform(matrix=np.eye(3), he_mpp=0.5, her2_mpp=0.5, field=np.zeros((2, 4, 4), np.float32),
+                  field_spacing=64.0)
+    path = t.save(tmp_path / "transform.json")
+    assert load_transform(path).field is not None
+    bad = np.zeros((2, 4, 4), np.float32)
+    bad[0, 1, 2] = np.nan
+    np.save(tmp_path / "transform_field.npy", bad, allow_pickle=False)
+    with pytest.raises(UserError, match="transform_field.npy: displacement field holds 1 NaN/inf"):
+        load_transform(path)
+    t.field = bad
+    with pytest.raises(UserError, match="--no-field"):
+        t.save(tmp_path / "again.json")
+    assert not (tmp_path / "again.json").exists()

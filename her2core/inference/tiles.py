@@ -103,6 +103,8 @@ def translate_tile_folder(run_or_framework, in_dir, out_dir, *, steps: int | Non
               "batch_size": int(batch_size), "inference_mode": getattr(framework, "inference_mode", None)}
     with locked(out_dir, command):
         claim(out_dir, record, overwrite=overwrite, clear=_clear_tiles)
+        for part in out_dir.glob(".*.part.png"):  # a killed writer's temporaries (we hold the lock)
+            part.unlink(missing_ok=True)
         batches = _fixed_batches(files, batch_size)
         target = lambda p: out_dir / f"{p.stem}.png"
         todo = [b for b in batches if overwrite or not all(target(files[i]).exists() for i in b)]

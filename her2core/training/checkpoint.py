@@ -69,7 +69,10 @@ def save(ckpt_dir: Path, step: int, framework, optimizers: dict, scaler, meta: d
         sched_meta[name] = sched.state_dict() if sched is not None else None
     name = ckpt_name(step)
     with atomic_path(ckpt_dir / f"{name}.safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={"framework": framework.name, "step": str(step)})
+        # one metadata key: safetensors orders several in a per-process random order, and a
+        # resumed run must write the same bytes as an uninterrupted one
+        save_file(tensors, str(tmp), metadata={"her2": json.dumps({"framework": framework.name, "step": step},
+                                                                  sort_keys=True)})
     record = dict(meta, step=step, framework=framework.name, optimizers=optim_meta, schedulers=sched_meta,
                   scaler=scaler.state_dict() if scaler is not None else None)
     write_json(ckpt_dir / f"{name}.json", record)

@@ -102,7 +102,8 @@ def _check_scores(framework, train_ds, data_root) -> int:
 def _prepare_out(out: Path, resume: bool) -> None:
     if resume:
         return
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    # hidden entries are a killed writer's temporaries (.run.<random>.part.json), not a run
+    if out.exists() and (not out.is_dir() or any(not p.name.startswith(".") for p in out.iterdir())):
         raise UserError(f"{out}: exists and is not empty; use --resume to continue that run or choose a new --out")
 
 
@@ -340,6 +341,8 @@ def _run(framework, cls, preset, tc, data_root, out, env, resume, progress, canc
         if step != last_saved and step > start:
             _save(framework, optimizers, ctx, ckpt_dir, step, tc, res, env, log, preset,
                   selector.protected() if selector else set())
+        if step == start:  # resumed after the last checkpoint: its final validation is redone
+            log.forget(step, "val/L1")
         _sample(framework, val_ds, tc, out, step, log, env, device, write_png)
         log.write_csv()
     finally:

@@ -22,6 +22,14 @@ class MetricsLog:
         keep = [json.dumps(r, sort_keys=True) for r in self.rows() if r.get("step", 0) <= done_steps]
         write_text(self.jsonl, "".join(ln + "\n" for ln in keep))
 
+    def forget(self, step: int, key: str) -> None:
+        """Drop the rows of `step` that hold `key` (a finished run resumed logs its final
+        validation again; the earlier row must not stay twice)."""
+        if not self.enabled or not self.jsonl.exists():
+            return
+        keep = [json.dumps(r, sort_keys=True) for r in self.rows() if not (r.get("step") == step and key in r)]
+        write_text(self.jsonl, "".join(ln + "\n" for ln in keep))
+
     def write(self, row: dict) -> None:
         if not self.enabled:
             return
