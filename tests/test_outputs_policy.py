@@ -378,3 +378,28 @@ def test_nan_displacement_field_is_refused_not_turned_into_white_tiles(tmp_path)
     with pytest.raises(UserError, match="--no-field"):
         t.save(tmp_path / "again.json")
     assert not (tmp_path / "again.json").exists()
+
+
+@pytest.mark.parametrize("argv", [["sample", "--cases", "1"], ["tile", "--cases", "x.csv"],
+                                  ["report", "nothing"], ["qupath", "export", "--project", "p"]])
+def test_every_command_with_out_takes_the_lock(tmp_path, capsys, argv):
+    from her2core import cli
+
+    out = tmp_path / "out"
+    started, go = threading.Event(), threading.Event()
+
+    def hold():
+        with locked(out, "her2 other"):
+            started.set()
+            go.wait(30)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        assert started.wait(30)
+        assert cli.main([*argv, "--out", str(out)]) == 2
+    finally:
+        go.set()
+        t.join()
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "being written by `her2 other`" in err and not out.exists()
