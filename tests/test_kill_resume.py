@@ -149,6 +149,30 @@ def test_batch_killed_resumes_to_the_same_bytes(slides, tmp_path):
         assert _files(out) == want
 
 
+def test_tile_killed_resumes_to_the_same_bytes(tmp_path):
+    from her2core.slide import write_pyramid
+
+    he = synth_he(640, 640, seed=8, tissue=0.7)
+    write_pyramid(tmp_path / "he.ome.tif", he, mpp=0.5, tile=128, min_size=128)
+    from test_inference_support import ConvNet
+
+    write_pyramid(tmp_path / "her2.ome.tif", ConvNet().one_piece(he), mpp=0.5, tile=128, min_size=128)
+
+    def argv(out):
+        return [sys.executable, "-m", "her2core", "tile", "--he", str(tmp_path / "he.ome.tif"),
+                "--her2-registered", str(tmp_path / "her2.ome.tif"), "--split", "train", "--score", "2+", "--out", str(out),
+                "--tile-px", "64", "--source-mpp", "0.5", "--out-px", "64", "--out-mpp", "0.5",
+                "--min-coverage", "0.2", "--max-shift-um", "0", "--max-dark", "1", "--max-ink", "1"]
+
+    t = _run(argv(tmp_path / "ref"))
+    want = _files(tmp_path / "ref")
+    assert sum(k.endswith(".png") for k in want) >= 20
+    for seed in SEEDS:
+        out = tmp_path / f"k{seed}"
+        _kill_then_resume(lambda: argv(out), t, seed)  # noqa: B023
+        assert _files(out) == want
+
+
 # ----------------------------------------------------------------------------- train
 
 @pytest.fixture(scope="module")
