@@ -403,3 +403,18 @@ def test_every_command_with_out_takes_the_lock(tmp_path, capsys, argv):
         t.join()
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "being written by `her2 other`" in err and not out.exists()
+
+
+def test_disk_filling_during_a_slide_translation_is_one_line_no_sigbus(tmp_path):
+    """The blend buffer and the pyramid fill a small disk: one line, no output, no scratch left
+    (it was a SIGBUS from a memory-mapped buffer). The journal stays for a resume."""
+    from her2core.inference.slide import translate_slide
+    from her2core.slide import write_pyramid
+
+    slide = write_pyramid(tmp_path / "he.ome.tif", synth_he(600, 600, seed=3, tissue=0.95), mpp=0.5,
+                          tile=128, min_size=128)
+    with _tmpfs(tmp_path / "small", "size=600k") as d:
+        out = d / "v.ome.tif"
+        with pytest.raises(UserError, match=r"cannot write \(No space left on device\); free disk space"):
+            translate_slide(ConvNet(), slide, out, work_mpp=0.5, tile=128, overlap=16, progress=False)
+        assert not out.exists() and not list(d.glob(".pyramid-*")) and not list(d.glob(".*.part*"))
