@@ -418,3 +418,17 @@ def test_disk_filling_during_a_slide_translation_is_one_line_no_sigbus(tmp_path)
         with pytest.raises(UserError, match=r"cannot write \(No space left on device\); free disk space"):
             translate_slide(ConvNet(), slide, out, work_mpp=0.5, tile=128, overlap=16, progress=False)
         assert not out.exists() and not list(d.glob(".pyramid-*")) and not list(d.glob(".*.part*"))
+
+
+def test_latest_json_pointing_outside_the_run_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    from her2core.training import checkpoint
+
+    ckpts = tmp_path / "run" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "elsewhere.safetensors"))
+    (tmp_path / "elsewhere.json").write_text('{"step": 1, "framework": "convnet"}')
+    (ckpts / "latest.json").write_text(json.dumps({"step": 1, "name": "../../elsewhere"}))
+    with pytest.raises(UserError, match="not a checkpoint of this run"):
+        checkpoint.find(ckpts)

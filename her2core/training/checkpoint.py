@@ -18,6 +18,7 @@ Every file is written atomically (temporary file + rename).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -102,6 +103,10 @@ def find(ckpt_dir: Path, step: int | None = None) -> tuple[Path, dict]:
         if not latest.exists():
             raise UserError(f"{ckpt_dir.parent}: no checkpoint yet (missing {latest.name})")
         name = json.loads(latest.read_text())["name"]
+        if not isinstance(name, str) or not re.fullmatch(r"step_\d{8}", name):
+            # never a path: latest.json must not point outside the run folder
+            raise UserError(f"{latest}: names {name!r}, not a checkpoint of this run (step_NNNNNNNN); "
+                            "the run folder is damaged: fix or delete latest.json")
     else:
         name = ckpt_name(step)
     weights, record = ckpt_dir / f"{name}.safetensors", ckpt_dir / f"{name}.json"
