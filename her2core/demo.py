@@ -137,7 +137,7 @@ class Demo:
             if (out / "transform.json").exists() and (out / "her2_registered.ome.tif").exists():
                 review = json.loads((out / "review.json").read_text()) if (out / "review.json").exists() else {}
             else:
-                res = register(d / "he.ome.tif", d / "her2.ome.tif", out)
+                res = register(d / "he.ome.tif", d / "her2.ome.tif", out, overwrite=True)  # its own, unfinished
                 review = res.review or {}
             summ = review.get("summary", {})
             self.registrations[d.name] = {
@@ -274,8 +274,9 @@ class Demo:
                                         set_metrics=test_ds == "same" and name in self.cfg.set_metric_runs,
                                         kid_subset_size=50, kid_subsets=100)
                 steps = self.cfg.dm_sample_steps if run["model"] == self.cfg.dm_model else None
+                # overwrite: a run trained further since an earlier demo replaces its old tiles
                 metrics = evaluate_run(run["dir"], self.datasets[test_ds]["root"], "test", out, settings,
-                                       progress=False, log=lambda m: None, steps=steps)
+                                       progress=False, log=lambda m: None, steps=steps, overwrite=True)
                 self.evals[(name, test_ds)] = {"dir": out, "set": metrics}
         # The comparison uses the aligned (same-section) test tiles for every model: the
         # consecutive-section targets are themselves misaligned, so they would blur the verdict.

@@ -102,7 +102,8 @@ def test_translate_tiles_and_batch_commands_on_a_run(tmp_path, tiny_run, he_regi
     for i in range(3):
         write_png(tiles / f"t{i}.png", img[i * 64:i * 64 + 64, :64])
     code = her2(["translate", "--run", str(tiny_run), "--tiles", str(tiles), "--out", str(tmp_path / "o")])
-    assert code == 0 and sorted(p.name for p in (tmp_path / "o").iterdir()) == ["t0.png", "t1.png", "t2.png"]
+    assert code == 0 and sorted(p.name for p in (tmp_path / "o").iterdir()) == [
+        ".her2-output.json", "t0.png", "t1.png", "t2.png"]
 
     cases = tmp_path / "cases.csv"
     cases.write_text(f"slide,case\n{slide},only\n")

@@ -77,13 +77,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"her2 {args.command}: not built yet in this version", file=sys.stderr)
         return 3
     try:
-        return int(run(args) or 0)
+        with _output_lock(args):
+            return int(run(args) or 0)
     except UserError as exc:
         print(f"her2 {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"her2 {args.command}: interrupted; run it again to resume", file=sys.stderr)
         return 130
+
+
+#: commands that wait for a concurrent writer of their --out instead of failing (seconds)
+LOCK_WAIT_S = {("qupath", "project"): 120.0}
+
+
+def _output_lock(args):
+    """One writer per output for every command with --out (her2core.util.outputs): a second one
+    gets one line naming the first. Under torchrun only rank 0 holds it (all ranks write)."""
+    import contextlib
+    import os
+
+    from her2core.util.outputs import locked
+
+    out = getattr(args, "out", None)
+    if out is None or int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+    action = getattr(args, "qupath_command", None)
+    name = " ".join(x for x in (args.command, action) if x)
+    return locked(out, f"her2 {name}", wait_s=LOCK_WAIT_S.get((args.command, action), 0.0))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -27,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best; per rank)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo cases finished by another model or other settings (else refused)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
                         batch_size=args.batch_size, seed=args.seed, work_mpp=args.work_mpp,
                         tile=args.tile, overlap=args.overlap, metric_tile=args.metric_tile,
                         device=args.device, precision=args.precision,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, overwrite=args.overwrite)
     done = sum(1 for s in summary if s.get("status") == "translated")
     failed = [s["case"] for s in summary if str(s.get("status", "")).startswith("error")]
     if done:

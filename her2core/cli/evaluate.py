@@ -38,6 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kid-subset-size", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an --out folder holding another evaluation (with --run)")
 
 
 def run(args) -> int:
@@ -58,12 +60,15 @@ def run(args) -> int:
         if not args.data:
             raise UserError("--run needs --data DATASET (and --split)")
         res = evaluate_run(args.run, args.data, args.split, args.out, s, progress=not args.quiet, log=log,
-                           steps=args.steps)
+                           steps=args.steps, overwrite=args.overwrite)
     else:
         if not (args.pred and args.target):
             raise UserError("give --pred DIR --target DIR, or --run RUN --data DATASET")
-        res = evaluate_folders(args.pred, args.target, args.out, s, he_dir=args.he,
-                               progress=not args.quiet, log=log)
+        from her2core.util.outputs import locked
+
+        with locked(args.out, "her2 evaluate"):
+            res = evaluate_folders(args.pred, args.target, args.out, s, he_dir=args.he,
+                                   progress=not args.quiet, log=log)
     m = res["means"]
     parts = [f"N={res['n']}"] + [f"{k}={m[k]:.4g}" for k in ("psnr", "ssim", "ms_ssim", "lpips")
                                  if m.get(k) is not None]

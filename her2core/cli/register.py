@@ -18,6 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--review-region", type=int, default=1024, help="review region side, level-0 px")
     p.add_argument("--threshold-um", type=float, default=5.0, help="review flags regions shifted more")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace a registration already in --out")
 
 
 def run(args) -> int:
@@ -31,7 +32,7 @@ def run(args) -> int:
     with named_bars("step") as progress:
         res = register(args.he, args.her2, args.out, he_mpp=args.he_mpp or args.mpp,
                        her2_mpp=args.her2_mpp or args.mpp, config=cfg, write_image=not args.no_image,
-                       progress=progress)
+                       progress=progress, overwrite=args.overwrite)
     print(f"transform: {res.transform_path}")
     if res.registered_path:
         print(f"registered HER2: {res.registered_path}")

@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
         from her2core.inference.tiles import translate_tile_folder
 
         translate_tile_folder(args.run, args.tiles, args.out, steps=args.steps,
-                              batch_size=args.batch_size, seed=args.seed, progress=True)
+                              batch_size=args.batch_size, seed=args.seed, progress=True,
+                              overwrite=args.overwrite)
         print(f"wrote {args.out}")
         return 0
 

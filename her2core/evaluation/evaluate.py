@@ -203,22 +203,54 @@ def _finite_mean(col) -> float | None:
 
 
 def evaluate_run(run_dir, data_root, split, out_dir, settings: EvalSettings | None = None, *,
-                 progress: bool = True, log: Callable[[str], None] = print, steps: int | None = None) -> dict:
+                 progress: bool = True, log: Callable[[str], None] = print, steps: int | None = None,
+                 overwrite: bool = False) -> dict:
     """Translate a dataset split's H&E tiles with a trained run, then evaluate them.
 
     `run_dir`: a `her2 train` run folder, or an already built framework (tests, the demo).
     The split's pairs are linked into out_dir/inputs/{he,ihc} under the H&E name, the
     virtual tiles go to out_dir/virtual, and the dataset's HER2 score becomes the
-    `her2_label` column when known.
+    `her2_label` column when known. out_dir records the run's fingerprint, the dataset and the
+    split (`her2core.util.outputs`): the same evaluation resumes, another one is refused unless
+    `overwrite` (which first removes the old inputs, virtual tiles and tables).
     """
+    from her2core.util.outputs import locked
+
+    with locked(out_dir, "her2 evaluate --run"):
+        return _evaluate_run(run_dir, data_root, split, Path(out_dir), settings, progress=progress,
+                             log=log, steps=steps, overwrite=overwrite)
+
+
+def _clear_evaluation(out_dir: Path) -> None:
+    import shutil
+
+    for name in ("inputs", "virtual"):
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+    for name in ("per_image.csv", "set_metrics.json"):
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def _evaluate_run(run_dir, data_root, split, out_dir: Path, settings, *, progress, log, steps,
+                  overwrite) -> dict:
     from her2core.datasets import open_paired  # lazy: only this path needs datasets/inference
     from her2core.inference.tiles import translate_tile_folder
+    from her2core.util.outputs import claim
 
     s = settings or EvalSettings()
     ds = open_paired(data_root, split)
     if not ds.pairs:
         raise UserError(f"{data_root}: split '{split}' has no tile pairs")
-    out_dir = Path(out_dir)
+    if isinstance(run_dir, (str, Path)):
+        from her2core.training.runs import run_fingerprint
+
+        run_name, run_sha = str(Path(run_dir).resolve()), run_fingerprint(run_dir)
+    else:
+        from her2core.inference.model import weights_fingerprint
+
+        run_name, run_sha = getattr(run_dir, "name", type(run_dir).__name__), weights_fingerprint(run_dir)
+    claim(out_dir, {"command": "her2 evaluate --run", "run": run_name, "run_sha256": run_sha,
+                    "data": str(Path(data_root).resolve()), "split": split, "steps": steps},
+          overwrite=overwrite, clear=_clear_evaluation)
     he_dir, ihc_dir = out_dir / "inputs" / "he", out_dir / "inputs" / "ihc"
     labels = {}
     for d in (he_dir, ihc_dir):
@@ -231,7 +263,8 @@ def evaluate_run(run_dir, data_root, split, out_dir, settings: EvalSettings | No
         if score is not None and int(score) >= 0:
             labels[Path(he).stem] = int(score)
     virtual = out_dir / "virtual"
-    translate_tile_folder(run_dir, he_dir, virtual, steps=steps, progress=progress)
+    translate_tile_folder(run_dir, he_dir, virtual, steps=steps, progress=progress,
+                          command="her2 evaluate --run")
     if s.inference_mode is None:
         from her2core.inference.tiles import inference_mode_of
 

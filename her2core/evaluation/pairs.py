@@ -16,13 +16,14 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
 def list_images(folder: str | Path) -> dict[str, Path]:
-    """stem -> path of the image files directly in `folder`."""
+    """stem -> path of the image files directly in `folder` (hidden ones, such as the temporary
+    `.<name>.<random>.part.png` of a killed writer, are not tiles)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: not a folder")
     found: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTS:
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."):
             if p.stem in found:
                 raise UserError(f"{p}: two images named {p.stem} ({found[p.stem].name}); keep one")
             found[p.stem] = p

@@ -114,71 +114,78 @@ def translate_slide(run, slide_path: str | Path, out_path: str | Path, *,
     `region`: level-0 (x, y, w, h). `callback(done, total)` after each tile may raise to cancel
     (rerun to resume). `workers`: threads that read tiles, and as many that blend and encode
     (default: the cores, up to 8). Returns the output path on the leader rank, None on the others.
+    The leader holds the output's lock (`her2core.util.outputs`): a second job writing the same
+    output gets one line instead of racing on the resume journal.
     """
     from her2core.inference.model import load_translator
     from her2core.slide import open_slide
+    from her2core.util.outputs import locked
 
     team = team or Team()
     out_path = Path(out_path)
-    if out_path.exists() and not overwrite:
-        raise UserError(f"{out_path}: output exists; pass --overwrite to replace it")
-    if batch_size < 1:
-        raise UserError(f"--batch-size {batch_size}: must be at least 1")
-    roi_geom, roi_source = as_roi(roi)
-    with open_slide(slide_path, mpp=slide_mpp) as slide:
-        slide.require_mpp()
-        # region/ROI problems are reported before the (slow) model load
-        plan_region(slide, work_mpp=slide.mpp, tile=tile, overlap=overlap, region=region,
-                    roi=roi_geom, roi_source=roi_source)
-        translator = load_translator(run, device=device, steps=steps, precision=precision)
-        wmpp = work_mpp or translator.work_mpp
-        if not wmpp:
-            raise UserError(f"{getattr(run, 'name', run)}: the run records no working microns per "
-                            "pixel; pass --work-mpp (e.g. 0.5)")
-        plan = plan_region(slide, work_mpp=float(wmpp), tile=tile, overlap=overlap, region=region,
-                           roi=roi_geom, roi_source=roi_source)
-        identity = {
-            "format": FORMAT_VERSION,
-            "slide": _file_identity(Path(slide_path)),
-            "plan": plan.describe(),
-            "model": translator.describe(),
-            "batch_size": int(batch_size),
-            "seed": int(seed),
-        }
-        wd = WorkDir(out_path)
-        is_leader = team.rank == leader % team.world
-        if is_leader:
-            out_path.parent.mkdir(parents=True, exist_ok=True)
-            wd.prepare(identity)
-        team.barrier()
-        first_block = wd.blocks_done()
-        n_rows = plan.rows.count
-        mine = [k for k in range(first_block, n_rows) if team.owns(k)]
-        todo = [k for k in mine if not wd.row_done(k)]
-        workers = workers or default_workers()
-        # the leader blends block rows and streams them into the pyramid as tile rows are
-        # committed (in a background thread when alone; after the barrier with several ranks)
-        finisher = _Finisher(plan, wd, out_path, _output_properties(plan, translator, slide_path),
-                             workers=workers, pyramid_tile=pyramid_tile,
-                             background=team.world == 1) if is_leader else None
-        bar = Progress(len(mine) * plan.cols.count, (len(mine) - len(todo)) * plan.cols.count,
-                       desc=f"translate {Path(slide_path).name}", bar=progress, callback=callback)
-        try:
-            try:
-                for k in _translate_rows(slide, plan, translator, wd, todo, batch_size, seed, bar,
-                                         workers):
-                    if finisher is not None and team.world == 1:
-                        finisher.row_committed(k)  # raises a blending/writing error early
-            finally:
-                bar.close()
+    stack = contextlib.ExitStack()
+    if team.rank == leader % team.world:
+        stack.enter_context(locked(out_path, "her2 translate --slide"))
+    with stack:
+        if out_path.exists() and not overwrite:
+            raise UserError(f"{out_path}: output exists; pass --overwrite to replace it")
+        if batch_size < 1:
+            raise UserError(f"--batch-size {batch_size}: must be at least 1")
+        roi_geom, roi_source = as_roi(roi)
+        with open_slide(slide_path, mpp=slide_mpp) as slide:
+            slide.require_mpp()
+            # region/ROI problems are reported before the (slow) model load
+            plan_region(slide, work_mpp=slide.mpp, tile=tile, overlap=overlap, region=region,
+                        roi=roi_geom, roi_source=roi_source)
+            translator = load_translator(run, device=device, steps=steps, precision=precision)
+            wmpp = work_mpp or translator.work_mpp
+            if not wmpp:
+                raise UserError(f"{getattr(run, 'name', run)}: the run records no working microns per "
+                                "pixel; pass --work-mpp (e.g. 0.5)")
+            plan = plan_region(slide, work_mpp=float(wmpp), tile=tile, overlap=overlap, region=region,
+                               roi=roi_geom, roi_source=roi_source)
+            identity = {
+                "format": FORMAT_VERSION,
+                "slide": _file_identity(Path(slide_path)),
+                "plan": plan.describe(),
+                "model": translator.describe(),
+                "batch_size": int(batch_size),
+                "seed": int(seed),
+            }
+            wd = WorkDir(out_path)
+            is_leader = team.rank == leader % team.world
+            if is_leader:
+                out_path.parent.mkdir(parents=True, exist_ok=True)
+                wd.prepare(identity)
             team.barrier()
-            if finisher is None:
-                return None
-            return finisher.finish()
-        except BaseException:
-            if finisher is not None:
-                finisher.abort()
-            raise
+            first_block = wd.blocks_done()
+            n_rows = plan.rows.count
+            mine = [k for k in range(first_block, n_rows) if team.owns(k)]
+            todo = [k for k in mine if not wd.row_done(k)]
+            workers = workers or default_workers()
+            # the leader blends block rows and streams them into the pyramid as tile rows are
+            # committed (in a background thread when alone; after the barrier with several ranks)
+            finisher = _Finisher(plan, wd, out_path, _output_properties(plan, translator, slide_path),
+                                 workers=workers, pyramid_tile=pyramid_tile,
+                                 background=team.world == 1) if is_leader else None
+            bar = Progress(len(mine) * plan.cols.count, (len(mine) - len(todo)) * plan.cols.count,
+                           desc=f"translate {Path(slide_path).name}", bar=progress, callback=callback)
+            try:
+                try:
+                    for k in _translate_rows(slide, plan, translator, wd, todo, batch_size, seed, bar,
+                                             workers):
+                        if finisher is not None and team.world == 1:
+                            finisher.row_committed(k)  # raises a blending/writing error early
+                finally:
+                    bar.close()
+                team.barrier()
+                if finisher is None:
+                    return None
+                return finisher.finish()
+            except BaseException:
+                if finisher is not None:
+                    finisher.abort()
+                raise
 
 
 # --------------------------------------------------------------------------- internals

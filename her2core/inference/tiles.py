@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from her2core.datasets.paired import read_rgb
+from her2core.datasets.paired import image_size, read_rgb
 from her2core.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -50,19 +50,31 @@ def translate_batch(framework, he_uint8, *, steps: int | None = None, seed: int 
     gen = torch.Generator(device=dev).manual_seed(int(seed))
     with torch.no_grad():
         y = framework.translate(x, steps=steps, generator=gen)
-    y = ((y.float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    y = y.float()
+    if not bool(torch.isfinite(y).all()):
+        raise UserError(f"{getattr(framework, 'name', 'the model')}: produced NaN/inf pixels; its weights "
+                        "are damaged (retrain, or resume from an earlier checkpoint)")
+    y = ((y.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
     return y.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def translate_tile_folder(run_or_framework, in_dir, out_dir, *, steps: int | None = None, batch_size: int = 8,
-                          seed: int = 0, progress: bool = True, device=None, overwrite: bool = False) -> Path:
+                          seed: int = 0, progress: bool = True, device=None, overwrite: bool = False,
+                          command: str = "her2 translate --tiles") -> Path:
     """One PNG per input tile in `out_dir`, same file names (suffix .png).
 
-    Tiles already present in `out_dir` are kept unless `overwrite` (so a killed job resumes).
-    Tiles of equal size are batched together; a batch whose first tile is number i (sorted
-    order) is translated with seed `seed + i` (matters for the stochastic diffusion samplers).
+    `out_dir` records what wrote it (`her2core.util.outputs`: weights fingerprint, input
+    folder, steps, seed, batch size) and is locked while written. A rerun of the same job
+    keeps the tiles already there (a killed job resumes); another job's folder is refused
+    unless `overwrite`, which clears its tiles first and translates every tile again.
+    The tiles of one size are cut into fixed batches over the sorted list, batch b seeded
+    with `seed + index of its first tile`; a resume re-forms the same batches (a partly
+    written one is translated again whole), so the stochastic diffusion samplers give the
+    same bytes as an uninterrupted run.
     """
+    from her2core.inference.model import weights_fingerprint
     from her2core.util.atomic import write_png
+    from her2core.util.outputs import claim, locked
 
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if not in_dir.is_dir():
@@ -72,6 +84,8 @@ def translate_tile_folder(run_or_framework, in_dir, out_dir, *, steps: int | Non
         raise UserError(f"{in_dir}: no tile images ({', '.join(IMAGE_SUFFIXES)})")
     if out_dir.resolve() == in_dir.resolve():
         raise UserError(f"{out_dir}: output folder is the input folder; choose another --out")
+    if batch_size < 1:
+        raise UserError(f"--batch-size {batch_size}: must be at least 1")
     stems = [p.stem for p in files]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if dupes:
@@ -80,38 +94,56 @@ def translate_tile_folder(run_or_framework, in_dir, out_dir, *, steps: int | Non
         from her2core.training import load_run
 
         framework = load_run(run_or_framework, device=device or _default_device())
+        run_name = str(Path(run_or_framework).resolve())
     else:
         framework = run_or_framework
-    todo = [(i, p) for i, p in enumerate(files) if overwrite or not (out_dir / f"{p.stem}.png").exists()]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+        run_name = getattr(framework, "name", type(framework).__name__)
+    record = {"command": command, "run": run_name, "weights_sha256": weights_fingerprint(framework),
+              "inputs": str(in_dir.resolve()), "steps": steps, "seed": int(seed),
+              "batch_size": int(batch_size), "inference_mode": getattr(framework, "inference_mode", None)}
+    with locked(out_dir, command):
+        claim(out_dir, record, overwrite=overwrite, clear=_clear_tiles)
+        for part in out_dir.glob(".*.part.png"):  # a killed writer's temporaries (we hold the lock)
+            part.unlink(missing_ok=True)
+        batches = _fixed_batches(files, batch_size)
+        target = lambda p: out_dir / f"{p.stem}.png"
+        todo = [b for b in batches if overwrite or not all(target(files[i]).exists() for i in b)]
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(files), initial=len(files) - len(todo), desc="translate", unit="tile")
-    try:
-        pending: dict[tuple, list] = {}
-
-        def flush(key):
-            group = pending.pop(key)
-            batch = np.stack([img for _, _, img in group])
-            outs = translate_batch(framework, batch, steps=steps, seed=seed + group[0][0], device=device)
-            for (_, path, _), out in zip(group, outs):
-                write_png(out_dir / f"{path.stem}.png", out)
+            n_todo = sum(len(b) for b in todo)
+            bar = tqdm(total=len(files), initial=len(files) - n_todo, desc="translate", unit="tile")
+        try:
+            for b in todo:
+                batch = np.stack([read_rgb(files[i]) for i in b])
+                outs = translate_batch(framework, batch, steps=steps, seed=seed + b[0], device=device)
+                for i, out in zip(b, outs):
+                    if overwrite or not target(files[i]).exists():
+                        write_png(target(files[i]), out)
+                if bar is not None:
+                    bar.update(len(b))
+        finally:
             if bar is not None:
-                bar.update(len(group))
-
-        for i, path in todo:
-            img = read_rgb(path)
-            key = img.shape
-            pending.setdefault(key, []).append((i, path, img))
-            if len(pending[key]) >= batch_size:
-                flush(key)
-        for key in list(pending):
-            flush(key)
-    finally:
-        if bar is not None:
-            bar.close()
+                bar.close()
     return out_dir
+
+
+def _fixed_batches(files: list[Path], batch_size: int) -> list[list[int]]:
+    """Indices of `files` in batches of one tile size, at most `batch_size` each, in sorted
+    order of their first tile; fixed by the file list alone (not by what is already done)."""
+    by_size: dict[tuple, list[int]] = {}
+    for i, p in enumerate(files):
+        by_size.setdefault(image_size(p), []).append(i)
+    batches = [ix[k:k + batch_size] for ix in by_size.values() for k in range(0, len(ix), batch_size)]
+    return sorted(batches, key=lambda b: b[0])
+
+
+def _clear_tiles(folder: Path) -> None:
+    """Remove another job's tiles (and a killed writer's temporaries) before translating again."""
+    for p in folder.iterdir():
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            p.unlink()
 
 
 def _default_device():

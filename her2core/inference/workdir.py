@@ -20,6 +20,7 @@ process's resident memory stays a few tiles.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ import numpy as np
 
 from her2core.slide.writer import RawImage
 from her2core.util.atomic import write_json
+from her2core.util.outputs import UNWRITABLE, unwritable
 
 __all__ = ["RawImage", "RowReader", "RowWriter", "WorkDir"]
 
@@ -107,19 +109,38 @@ class RowWriter:
         self.part = path.with_name(path.name + f".part{os.getpid()}")
         self._f = open(self.part, "wb")  # noqa: SIM115 - closed by commit() or abort()
         self._flags = bytearray()
+        self._failed: Exception | None = None
 
     def write(self, tile_rgb: np.ndarray | None) -> None:
         """The next column's tile, or None for a white tile."""
         if tile_rgb is None:
             self._flags.append(0)
         else:
-            self._f.write(np.ascontiguousarray(tile_rgb, dtype=np.uint8).tobytes())
+            with self._unwritable():
+                self._f.write(np.ascontiguousarray(tile_rgb, dtype=np.uint8).tobytes())
             self._flags.append(1)
 
     def commit(self) -> None:
-        self._f.write(bytes(self._flags))
-        self._f.close()
-        os.replace(self.part, self.path)
+        with self._unwritable():
+            self._f.write(bytes(self._flags))
+            self._f.close()
+            os.replace(self.part, self.path)
+
+    @contextlib.contextmanager
+    def _unwritable(self):
+        """A full disk or read-only folder: drop the partial row and say so in one line (also
+        to the writes queued behind the one that failed)."""
+        if self._failed is not None:
+            raise self._failed
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno not in UNWRITABLE:
+                raise
+            with contextlib.suppress(OSError):
+                self.abort()
+            self._failed = unwritable(self.path, exc)
+            raise self._failed from None
 
     def abort(self) -> None:
         self._f.close()

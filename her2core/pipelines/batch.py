@@ -10,7 +10,10 @@ Per case, OUT/<case>/ receives
     virtual_her2.ome.tif  pyramidal OME-TIFF at the model's working mpp, origin = region origin
     rois.geojson          the ROIs used (or the translated rectangle when no ROI was given)
     metrics.json          when `her2` is given: evaluation metrics on ROI tiles (see `metrics`)
-    DONE                  written last; a case with DONE is skipped on re-run
+    DONE                  written last; records the model's weights fingerprint and the
+                          settings; a case whose DONE matches is skipped on re-run, one made
+                          by another model or settings is refused unless `overwrite`
+OUT is locked while a batch writes it (`her2core.util.outputs`; by rank 0 under torchrun).
 A case with a problem the user can fix (slide without mpp, ROI outside the slide, ...)
 is reported on one line and skipped; the others go on (the command then exits 2).
 
@@ -72,12 +75,16 @@ def run_batch(run, cases_csv: str | Path, out_dir: str | Path, *, steps: int | N
               batch_size: int = 8, seed: int = 0, work_mpp: float | None = None,
               tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, metric_tile: int = 256,
               device=None, precision: str = "auto", progress: bool = True,
-              team: Team | None = None) -> list[dict]:
+              team: Team | None = None, overwrite: bool = False) -> list[dict]:
     """Translate (and score) every case of `cases_csv` into `out_dir`; returns one summary per case.
 
-    `team`: default from torchrun's environment (a single process otherwise).
+    `team`: default from torchrun's environment (a single process otherwise). `overwrite`:
+    redo the cases whose DONE was written by another model or other settings.
     """
+    import contextlib
+
     from her2core.inference.model import load_translator
+    from her2core.util.outputs import locked
 
     cleanup = lambda: None
     if team is None:
@@ -85,38 +92,80 @@ def run_batch(run, cases_csv: str | Path, out_dir: str | Path, *, steps: int | N
     try:
         cases = read_cases(cases_csv)
         out_dir = Path(out_dir)
-        pending = [c for c in cases if not (out_dir / c.case / DONE_NAME).exists()]
-        summary = [{"case": c.case, "status": "skipped (DONE)"} for c in cases if c not in pending]
-        team.barrier()  # every rank has decided on the same pending list before anyone writes
-        if team.rank == 0:
-            for s in summary:
-                print(f"{s['case']}: done before, skipped")
-        if not pending:
+        with locked(out_dir, "her2 batch") if team.rank == 0 else contextlib.nullcontext():
+            translator = load_translator(run, device=device, steps=steps, precision=precision)
+            job = {**{k: v for k, v in translator.describe().items() if k not in ("model", "run")},
+                   "seed": int(seed), "batch_size": int(batch_size), "work_mpp": work_mpp,
+                   "tile": int(tile), "overlap": int(overlap), "metric_tile": int(metric_tile)}
+            pending = _pending(cases, out_dir, job, overwrite)
+            summary = [{"case": c.case, "status": "skipped (DONE)"} for c in cases if c not in pending]
+            team.barrier()  # every rank has decided on the same pending list before anyone writes
+            if team.rank == 0:
+                for s in summary:
+                    print(f"{s['case']}: done before, skipped")
+            if pending:
+                summary += _translate_cases(translator, pending, out_dir, job, team, batch_size=batch_size,
+                                            seed=seed, work_mpp=work_mpp, tile=tile, overlap=overlap,
+                                            metric_tile=metric_tile, progress=progress)
             return summary
-        translator = load_translator(run, device=device, steps=steps, precision=precision)
-        for i, case in enumerate(pending):
-            leader = i % team.world
-            case_dir = out_dir / case.case
-            try:
-                # a bad case (no mpp, ROI off the slide, ...) fails the same way on every rank,
-                # before any barrier: it is reported and the batch goes on
-                virtual = translate_slide(
-                    translator, case.he, case_dir / VIRTUAL_NAME, roi=case.rois,
-                    batch_size=batch_size, seed=seed, work_mpp=work_mpp, tile=tile,
-                    overlap=overlap, overwrite=True, progress=progress and team.rank == leader,
-                    team=team, leader=leader)
-                if virtual is not None:
-                    summary.append(_finish_case(case, case_dir, virtual, metric_tile))
-            except UserError as exc:
-                if team.rank == leader:
-                    print(f"{case.case}: error: {exc}", file=sys.stderr)
-                    summary.append({"case": case.case, "status": f"error: {exc}"})
-        return summary
     finally:
         cleanup()
 
 
-def _finish_case(case: Case, case_dir: Path, virtual: Path, metric_tile: int) -> dict:
+def _pending(cases: list[Case], out_dir: Path, job: dict, overwrite: bool) -> list[Case]:
+    """The cases to translate: no DONE, or (with `overwrite`) a DONE of another model/settings."""
+    import json
+
+    want = json.loads(json.dumps(job, sort_keys=True))
+    pending, other = [], []
+    for c in cases:
+        done = out_dir / c.case / DONE_NAME
+        if not done.exists():
+            pending.append(c)
+            continue
+        try:
+            was = json.loads(done.read_text()).get("job")
+        except (OSError, ValueError, AttributeError):
+            was = None
+        if was != want:
+            other.append(c)
+            if overwrite:
+                pending.append(c)
+    if other and not overwrite:
+        names = ", ".join(c.case for c in other[:3]) + (" ..." if len(other) > 3 else "")
+        raise UserError(f"{out_dir}: case(s) {names} were translated by another model or other "
+                        "settings (their DONE differs); pass --overwrite to redo them or choose "
+                        "another --out")
+    return [c for c in cases if c in pending]
+
+
+def _translate_cases(translator, pending: list[Case], out_dir: Path, job: dict, team: Team, *,
+                     batch_size: int, seed: int, work_mpp, tile: int, overlap: int,
+                     metric_tile: int, progress: bool) -> list[dict]:
+    summary = []
+    for i, case in enumerate(pending):
+        leader = i % team.world
+        case_dir = out_dir / case.case
+        if team.rank == leader:  # a case being redone is not done until its new DONE
+            (case_dir / DONE_NAME).unlink(missing_ok=True)
+        try:
+            # a bad case (no mpp, ROI off the slide, ...) fails the same way on every rank,
+            # before any barrier: it is reported and the batch goes on
+            virtual = translate_slide(
+                translator, case.he, case_dir / VIRTUAL_NAME, roi=case.rois,
+                batch_size=batch_size, seed=seed, work_mpp=work_mpp, tile=tile,
+                overlap=overlap, overwrite=True, progress=progress and team.rank == leader,
+                team=team, leader=leader)
+            if virtual is not None:
+                summary.append(_finish_case(case, case_dir, virtual, metric_tile, job))
+        except UserError as exc:
+            if team.rank == leader:
+                print(f"{case.case}: error: {exc}", file=sys.stderr)
+                summary.append({"case": case.case, "status": f"error: {exc}"})
+    return summary
+
+
+def _finish_case(case: Case, case_dir: Path, virtual: Path, metric_tile: int, job: dict) -> dict:
     """ROIs used, metrics against the real HER2 (if any), then the DONE marker."""
     from her2core.evaluation.slide_metrics import slide_metrics
     from her2core.qupath.geojson import Feature, read_features, write_features
@@ -139,7 +188,7 @@ def _finish_case(case: Case, case_dir: Path, virtual: Path, metric_tile: int) ->
         write_json(case_dir / METRICS_NAME, metrics)
         outputs.append(METRICS_NAME)
         result["metrics"] = metrics.get("mean", {})
-    write_json(case_dir / DONE_NAME, {"case": case.case, "slide": str(case.he),
+    write_json(case_dir / DONE_NAME, {"case": case.case, "slide": str(case.he), "job": job,
                                       "outputs": outputs, "region_xywh": [x, y, w, h]})
     print(f"{case.case}: wrote {case_dir}")
     return result

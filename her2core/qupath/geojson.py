@@ -417,9 +417,13 @@ def write_features(path: str | os.PathLike, features: Iterable[Feature], *,
                    indent: int | None = 2) -> Path:
     """Write a FeatureCollection QuPath imports (drag-and-drop or importObjectsFromFile), atomically."""
     path = Path(path)
-    text = json.dumps(features_to_geojson(features), indent=indent, ensure_ascii=False)
-    write_text(path, text + "\n")
+    write_text(path, features_text(features, indent=indent))
     return path
+
+
+def features_text(features: Iterable[Feature], *, indent: int | None = 2) -> str:
+    """The FeatureCollection text `write_features` writes (staged by QuPath project transactions)."""
+    return json.dumps(features_to_geojson(features), indent=indent, ensure_ascii=False) + "\n"
 
 
 # ----------------------------------------------------------------------------- transforms

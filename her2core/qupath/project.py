@@ -17,12 +17,21 @@ Layout written inside the project folder::
     scripts/her2_import_annotations.groovy  QuPath: Automate > Project scripts; or
                                    QuPath script -p project.qpproj -s scripts/her2_import_annotations.groovy
     project.qpproj.her2-backup-<time>   copy of the previous project file, before every change
+                                   (likewise for a replaced sidecar or class list)
+
+`add_images` is a transaction: every input is checked before anything is written, every
+changed file is staged beside its target, the files it replaces are backed up (verified,
+never 0 bytes), then the staged files are renamed into place, project.qpproj last. The
+project folder is locked meanwhile (`her2core.util.outputs`), so concurrent runs queue up
+and none loses an entry.
 """
 
 from __future__ import annotations
 
 import copy
+import errno
 import json
+import os
 import shutil
 import time
 import urllib.parse
@@ -37,6 +46,7 @@ import numpy as np
 from her2core.errors import UserError
 from her2core.qupath.geojson import (
     Feature,
+    features_text,
     list_to_packed_rgb,
     packed_rgb_to_list,
     read_features,
@@ -49,6 +59,7 @@ from her2core.qupath.server import (
     slide_metadata,
 )
 from her2core.util.atomic import write_json, write_text
+from her2core.util.outputs import UNWRITABLE, locked, unwritable
 
 QUPATH_VERSION = "0.6.0"
 PROJECT_FILE = "project.qpproj"
@@ -60,6 +71,7 @@ META_ROLE = "her2.role"
 META_IMAGE_TYPE = "her2.image_type"
 META_SIDECAR = "her2.sidecar"
 META_PAIR = "her2.pair"
+LOCK_WAIT_S = 120.0  # a concurrent `qupath project` waits this long for the one before it
 IMAGE_TYPES = ("BRIGHTFIELD_H_E", "BRIGHTFIELD_H_DAB", "BRIGHTFIELD_OTHER", "FLUORESCENCE", "OTHER")
 
 
@@ -270,8 +282,10 @@ def load_project(project: str | Path) -> dict:
         raise UserError(f"{f}: no QuPath project here; create one with `her2 qupath project --out DIR`") \
             from None
     except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{f}: not a readable QuPath project file ({exc}); restore it from "
-                        "project.qpproj.backup") from None
+        backups = latest_backups(f)
+        fix = (f"restore it from {backups[0]}" if backups else
+               "her2 made no backup of it; restore it from your own copy")
+        raise UserError(f"{f}: not a readable QuPath project file ({exc}); {fix}") from None
     if not isinstance(data, dict) or not isinstance(data.get("images", []), list):
         raise UserError(f"{f}: not a QuPath project (no 'images' list)")
     data.setdefault("images", [])
@@ -320,20 +334,13 @@ def save_project(project_dir: str | Path, data: dict, *, previous: dict | None =
     """
     project_dir = Path(project_dir)
     f = project_dir / PROJECT_FILE
-    if previous is not None:
-        old_ids = {entry_id(e) for e in previous.get("images", [])}
-        new_ids = {entry_id(e) for e in data.get("images", [])}
-        lost = old_ids - new_ids
-        if lost:
-            raise RuntimeError(f"refusing to write {f}: entries {sorted(lost)} would be lost")
-    backup = _backup(f)
-    data["modifyTimestamp"] = _now_ms()
-    data["lastID"] = max([int(data.get("lastID", 0))] + [entry_id(e) for e in data["images"]])
-    write_text(f, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    return backup
+    _project_text(f, data, previous)  # the lost-entry check
+    with locked(project_dir, "her2 qupath", wait_s=LOCK_WAIT_S):
+        return _swap({f: _project_text(f, data, None).encode("utf-8")}).get(f)
 
 
 def _backup(f: Path) -> Path | None:
+    """A verified copy of `f` beside it (never a 0-byte or short one: a full disk is one line)."""
     if not f.exists():
         return None
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -342,8 +349,24 @@ def _backup(f: Path) -> Path | None:
     while b.exists():
         b = f.with_name(f"{f.name}.her2-backup-{stamp}-{n}")
         n += 1
-    shutil.copy2(f, b)
+    part = b.with_name(f".{b.name}.part")
+    try:
+        shutil.copy2(f, part)
+        if part.stat().st_size != f.stat().st_size:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        os.replace(part, b)
+    except OSError as exc:
+        part.unlink(missing_ok=True)
+        if exc.errno in UNWRITABLE:
+            raise unwritable(b, exc) from None
+        raise
     return b
+
+
+def latest_backups(f: Path) -> list[Path]:
+    """The backups `_backup` made of `f`, newest first (only complete, non-empty ones)."""
+    found = [p for p in f.parent.glob(f"{f.name}.her2-backup-*") if p.is_file() and p.stat().st_size]
+    return sorted(found, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
 
 
 def _now_ms() -> int:
@@ -370,6 +393,15 @@ def read_classes(project_dir: str | Path) -> list[dict]:
 def write_classes(project_dir: str | Path, classes: Sequence[dict]) -> Path:
     """Merge classes ({'name', 'color': [r, g, b]}) into classifiers/classes.json (backed up)."""
     f = Path(project_dir) / CLASSES_FILE
+    raw = _merged_classes(f, classes)
+    if raw is not None:
+        _backup(f)
+        write_json(f, raw)
+    return f
+
+
+def _merged_classes(f: Path, classes: Sequence[dict]) -> dict | None:
+    """The class list file with `classes` added; None when it is there and needs no change."""
     raw: dict = {"pathClasses": []}
     if f.exists():
         try:
@@ -385,10 +417,7 @@ def write_classes(project_dir: str | Path, classes: Sequence[dict]) -> Path:
                                        "color": list_to_packed_rgb(c.get("color") or [128, 128, 128])})
             known.add(c["name"])
             added = True
-    if added or not f.exists():
-        _backup(f)
-        write_json(f, raw)
-    return f
+    return raw if added or not f.exists() else None
 
 
 def _classes_of(features: Sequence[Feature]) -> list[dict]:
@@ -427,13 +456,19 @@ def add_images(project_dir: str | Path, images: Sequence[ImageRequest], *,
 
     An image whose source (uri + transform) is already in the project keeps its entry (its
     sidecar is replaced when new ROIs are given). Existing entries are never removed; the
-    previous project.qpproj is backed up first. data.qpdata is never written.
+    files replaced are backed up first. data.qpdata is never written. One transaction (see
+    the module's docstring): a bad input changes nothing.
     """
     project_dir = Path(project_dir)
     if project_dir.suffix == ".qpproj":
         project_dir = project_dir.parent
     if project_dir.exists() and not project_dir.is_dir():
         raise UserError(f"{project_dir}: exists and is not a folder; choose a project folder")
+    with locked(project_dir, "her2 qupath project", wait_s=LOCK_WAIT_S):
+        return _add_images(project_dir, images, classes)
+
+
+def _add_images(project_dir: Path, images: Sequence[ImageRequest], classes: Sequence[dict]) -> ProjectResult:
     f = project_dir / PROJECT_FILE
     if f.exists():
         data = load_project(project_dir)
@@ -446,18 +481,27 @@ def add_images(project_dir: str | Path, images: Sequence[ImageRequest], *,
         data = new_project(project_dir)
         previous = None
 
-    by_key = {_builder_key(e.get("serverBuilder", {})): e for e in data["images"]}
-    next_id = max([int(data.get("lastID", 0))] + [entry_id(e) for e in data["images"]]) + 1
-    touched: list[dict] = []
-    sidecars: dict[int, Path] = {}
-    all_classes = list(classes)
+    # every input first: nothing is written when one of them is bad
+    builders = []
     for req in images:
         src = Path(req.path)
         if not src.exists():
             raise UserError(f"{src}: slide not found; give an existing image file")
         if req.image_type not in IMAGE_TYPES:
             raise UserError(f"{src}: image type {req.image_type!r} unknown; use one of {IMAGE_TYPES}")
-        builder = entry_builder(src, transform_xy=req.transform_xy, frame=req.frame)
+        if req.pair_with is not None and not 0 <= req.pair_with < len(images):
+            raise UserError(f"{req.path}: pair_with={req.pair_with} is not an image of this request")
+        builders.append(entry_builder(src, transform_xy=req.transform_xy, frame=req.frame))
+
+    by_key = {_builder_key(e.get("serverBuilder", {})): e for e in data["images"]}
+    known_ids = {entry_id(e) for e in data["images"]}
+    next_id = max([int(data.get("lastID", 0))] + list(known_ids)) + 1
+    touched: list[dict] = []
+    staged: dict[Path, bytes] = {}
+    orphans: list[Path] = []
+    all_classes = list(classes)
+    for req, builder in zip(images, builders):
+        src = Path(req.path)
         key = _builder_key(builder)
         entry = by_key.get(key)
         if entry is None:
@@ -468,6 +512,8 @@ def add_images(project_dir: str | Path, images: Sequence[ImageRequest], *,
             next_id += 1
             data["images"].append(entry)
             by_key[key] = entry
+            # a sidecar left under a new entry's ID by a killed run is not this image's
+            orphans.append(sidecar_path(project_dir, entry))
         else:
             if META_ROLE in (entry.get("metadata") or {}):
                 entry["serverBuilder"] = builder  # an entry her2 wrote: current reader, metadata
@@ -482,27 +528,71 @@ def add_images(project_dir: str | Path, images: Sequence[ImageRequest], *,
         if req.rois is not None:
             feats = list(req.rois)
             sc = sidecar_path(project_dir, entry)
-            write_features(sc, [_mark_sidecar(ft) for ft in feats])
-            sidecars[entry_id(entry)] = sc
+            staged[sc] = features_text([_mark_sidecar(ft) for ft in feats]).encode("utf-8")
             md[META_SIDECAR] = sc.relative_to(project_dir).as_posix()
             all_classes.extend(_classes_of(feats))
         touched.append(entry)
 
     for req, entry in zip(images, touched):  # link pairs both ways (export_tiles.groovy reads it)
         if req.pair_with is not None:
-            if not 0 <= req.pair_with < len(touched):
-                raise UserError(f"{req.path}: pair_with={req.pair_with} is not an image of this request")
             other = touched[req.pair_with]
             entry["metadata"][META_PAIR] = str(entry_id(other))
             other.setdefault("metadata", {})[META_PAIR] = str(entry_id(entry))
 
-    project_dir.mkdir(parents=True, exist_ok=True)
-    backup = save_project(project_dir, data, previous=previous)
-    write_classes(project_dir, all_classes)
-    script = write_import_script(project_dir)
+    classes_raw = _merged_classes(project_dir / CLASSES_FILE, all_classes)
+    if classes_raw is not None:
+        staged[project_dir / CLASSES_FILE] = (json.dumps(classes_raw, indent=2, sort_keys=True) + "\n").encode()
+    script = project_dir / IMPORT_SCRIPT
+    if not script.exists() or script.read_text(encoding="utf-8") != _IMPORT_SCRIPT:
+        staged[script] = _IMPORT_SCRIPT.encode("utf-8")
+    staged[f] = _project_text(f, data, previous).encode("utf-8")  # last: it commits the rest
+    orphans = [p for p in orphans if p not in staged]
+    backups = _swap(staged, orphans)
+    sidecars = {entry_id(e): sidecar_path(project_dir, e) for e in touched
+                if sidecar_path(project_dir, e) in staged}
     lines = {entry_id(e): groovy_import_line(project_dir, e) for e in touched
              if (project_dir / SIDECAR_DIR / f"{entry_id(e)}.geojson").exists()}
-    return ProjectResult(project_dir, touched, backup, sidecars, script, lines)
+    return ProjectResult(project_dir, touched, backups.get(f), sidecars, script, lines)
+
+
+def _project_text(f: Path, data: dict, previous: dict | None) -> str:
+    """project.qpproj's new text; a RuntimeError (a bug) if it would lose an entry of `previous`."""
+    if previous is not None:
+        lost = {entry_id(e) for e in previous.get("images", [])} - {entry_id(e) for e in data["images"]}
+        if lost:
+            raise RuntimeError(f"refusing to write {f}: entries {sorted(lost)} would be lost")
+    data["modifyTimestamp"] = _now_ms()
+    data["lastID"] = max([int(data.get("lastID", 0))] + [entry_id(e) for e in data["images"]])
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def _swap(staged: dict[Path, bytes], remove: Sequence[Path] = ()) -> dict[Path, Path]:
+    """Write every staged file beside its target, back up what changes, then rename them into
+    place in order (the last one commits); returns target -> backup. Unchanged files are left
+    alone; a full disk or read-only folder fails before any target changed."""
+    todo = {t: b for t, b in staged.items() if not (t.is_file() and t.read_bytes() == b)}
+    parts: dict[Path, Path] = {}
+    try:
+        for target, data in todo.items():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            part = parts[target] = target.with_name(f".{target.name}.her2-txn-{os.getpid()}")
+            with open(part, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        backups = {t: b for t in todo if (b := _backup(t)) is not None}
+        for p in remove:
+            p.unlink(missing_ok=True)
+        for target, part in parts.items():
+            os.replace(part, target)
+        return backups
+    except OSError as exc:
+        if exc.errno in UNWRITABLE:
+            raise unwritable(next(iter(todo), "project"), exc) from None
+        raise
+    finally:
+        for part in parts.values():
+            part.unlink(missing_ok=True)
 
 
 def entry_builder(path: str | Path, *, transform_xy=None, frame: str | Path | None = None) -> dict:
@@ -541,9 +631,10 @@ def _mark_sidecar(f: Feature) -> Feature:
 def write_sidecar(project_dir: str | Path, entry: dict, features: Sequence[Feature]) -> Path:
     """Replace an entry's sidecar GeoJSON (used by `her2 qupath import`); classes merged too."""
     sc = sidecar_path(project_dir, entry)
-    write_features(sc, [_mark_sidecar(f) for f in features])
-    write_classes(project_dir, _classes_of(features))
-    write_import_script(project_dir)
+    with locked(Path(project_dir), "her2 qupath import", wait_s=LOCK_WAIT_S):
+        write_features(sc, [_mark_sidecar(f) for f in features])
+        write_classes(project_dir, _classes_of(features))
+        write_import_script(project_dir)
     return sc
 
 

@@ -106,8 +106,26 @@ def _tissue_points(tissue, w, h, spacing, max_points):
 
 def register(he_path, her2_path, out_dir, *, he_mpp: float | None = None, her2_mpp: float | None = None,
              config: RegistrationConfig | None = None, write_image: bool = True, run_review: bool = True,
-             progress: Progress | None = None, cancel: Callable[[], bool] | None = None) -> RegistrationResult:
-    """Register the HER2 slide onto the H&E slide; writes transform.json, her2_registered.ome.tif, review."""
+             progress: Progress | None = None, cancel: Callable[[], bool] | None = None,
+             overwrite: bool = False) -> RegistrationResult:
+    """Register the HER2 slide onto the H&E slide; writes transform.json, her2_registered.ome.tif, review.
+
+    An existing registration in `out_dir` is refused unless `overwrite`; `out_dir` is locked
+    while written (`her2core.util.outputs`).
+    """
+    from her2core.util.outputs import locked
+
+    with locked(out_dir, "her2 register"):
+        if (Path(out_dir) / "transform.json").exists() and not overwrite:
+            raise UserError(f"{Path(out_dir) / 'transform.json'}: a registration is already there; "
+                            "pass --overwrite to replace it or choose another --out")
+        return _register(he_path, her2_path, Path(out_dir), he_mpp=he_mpp, her2_mpp=her2_mpp,
+                         config=config, write_image=write_image, run_review=run_review,
+                         progress=progress, cancel=cancel)
+
+
+def _register(he_path, her2_path, out_dir: Path, *, he_mpp, her2_mpp, config, write_image, run_review,
+              progress, cancel) -> RegistrationResult:
     from scipy.ndimage import binary_dilation
 
     from her2core.slide.tissue import TissueConfig, detect_tissue

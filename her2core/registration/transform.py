@@ -117,6 +117,9 @@ class Transform:
         path = Path(path)
         field_name = None
         if self.field is not None:
+            if not np.isfinite(self.field).all():
+                raise UserError(f"{path}: the registration's displacement field holds NaN/inf; "
+                                "register again with --no-field (affine only)")
             field_name = path.name.replace(".json", "") + "_field.npy"
             with atomic_path(path.parent / field_name) as tmp, open(tmp, "wb") as fh:
                 np.save(fh, self.field.astype(np.float32), allow_pickle=False)
@@ -186,6 +189,9 @@ def load_transform(path: str | Path) -> Transform:
             raise UserError(f"{fpath}: cannot read displacement field ({exc})") from None
         if fld.ndim != 3 or fld.shape[0] != 2:
             raise UserError(f"{fpath}: displacement field must have shape (2, ny, nx), got {fld.shape}")
+        if not np.isfinite(fld).all():  # NaN would map tiles off the slide: white HER2 that QC keeps
+            raise UserError(f"{fpath}: displacement field holds {int((~np.isfinite(fld)).sum())} NaN/inf "
+                            "values; run `her2 register` again (or with --no-field)")
         origin = tuple(float(v) for v in f["origin_xy"])
         spacing = float(f["spacing_px"])
     matrix = np.asarray(d["matrix"], dtype=float)

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from her2core.util.atomic import atomic_path
+from her2core.util.outputs import UNWRITABLE, unwritable
 
 #: Deflate level of 'zlib' compression: level 1 of libdeflate writes ~3x faster than zlib's
 #: default 6 with files about as small as zlib's level 6.
@@ -144,15 +145,20 @@ class RawImage:
         """`block` (h, w, 3) uint8 at rows r0.., columns c0.."""
         w = self.shape[1]
         block = np.subtract(255, np.asarray(block, dtype=np.uint8), dtype=np.uint8)
-        fd = os.open(self.path, os.O_WRONLY)
         try:
-            if c0 == 0 and block.shape[1] == w:
-                _positioned(os.pwritev, fd, block, r0 * w * 3)
-            else:
-                for i in range(block.shape[0]):
-                    _positioned(os.pwritev, fd, block[i], ((r0 + i) * w + c0) * 3)
-        finally:
-            os.close(fd)
+            fd = os.open(self.path, os.O_WRONLY)
+            try:
+                if c0 == 0 and block.shape[1] == w:
+                    _positioned(os.pwritev, fd, block, r0 * w * 3)
+                else:
+                    for i in range(block.shape[0]):
+                        _positioned(os.pwritev, fd, block[i], ((r0 + i) * w + c0) * 3)
+            finally:
+                os.close(fd)
+        except OSError as exc:  # a sparse file fills the disk late: say so in one line
+            if exc.errno in UNWRITABLE:
+                raise unwritable(self.path, exc) from None
+            raise
 
 
 def _positioned(io, fd: int, arr: np.ndarray, offset: int) -> None:
@@ -385,7 +391,10 @@ class PyramidStream:
 
     def _check(self) -> None:
         if self._error is not None and not self._aborted:
-            raise self._error
+            err = self._error
+            if isinstance(err, OSError) and err.errno in UNWRITABLE:
+                raise unwritable(self.path, err) from None
+            raise err
 
     def close(self) -> Path:
         """Wait for the last tiles, finish the file and rename it into place; returns the path."""

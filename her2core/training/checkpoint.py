@@ -18,6 +18,7 @@ Every file is written atomically (temporary file + rename).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -69,7 +70,10 @@ def save(ckpt_dir: Path, step: int, framework, optimizers: dict, scaler, meta: d
         sched_meta[name] = sched.state_dict() if sched is not None else None
     name = ckpt_name(step)
     with atomic_path(ckpt_dir / f"{name}.safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={"framework": framework.name, "step": str(step)})
+        # one metadata key: safetensors orders several in a per-process random order, and a
+        # resumed run must write the same bytes as an uninterrupted one
+        save_file(tensors, str(tmp), metadata={"her2": json.dumps({"framework": framework.name, "step": step},
+                                                                  sort_keys=True)})
     record = dict(meta, step=step, framework=framework.name, optimizers=optim_meta, schedulers=sched_meta,
                   scaler=scaler.state_dict() if scaler is not None else None)
     write_json(ckpt_dir / f"{name}.json", record)
@@ -99,6 +103,10 @@ def find(ckpt_dir: Path, step: int | None = None) -> tuple[Path, dict]:
         if not latest.exists():
             raise UserError(f"{ckpt_dir.parent}: no checkpoint yet (missing {latest.name})")
         name = json.loads(latest.read_text())["name"]
+        if not isinstance(name, str) or not re.fullmatch(r"step_\d{8}", name):
+            # never a path: latest.json must not point outside the run folder
+            raise UserError(f"{latest}: names {name!r}, not a checkpoint of this run (step_NNNNNNNN); "
+                            "the run folder is damaged: fix or delete latest.json")
     else:
         name = ckpt_name(step)
     weights, record = ckpt_dir / f"{name}.safetensors", ckpt_dir / f"{name}.json"
@@ -113,6 +121,10 @@ def load_weights(framework, weights: Path, device=None) -> None:
 
     tensors = load_file(str(weights), device=str(device) if device is not None else "cpu")
     model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    bad = [k for k, v in model.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise UserError(f"{weights}: {len(bad)} of {len(model)} tensors hold NaN/inf (e.g. {bad[0]}); "
+                        "the checkpoint is damaged: resume or load an earlier one")
     missing, unexpected = framework.load_state_dict(model, strict=False)
     if missing or unexpected:
         raise UserError(f"{weights}: does not fit {framework.name} with this config "

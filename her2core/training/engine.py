@@ -9,8 +9,10 @@ processes; the global batch is split between them and gradients are averaged.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -100,7 +102,8 @@ def _check_scores(framework, train_ds, data_root) -> int:
 def _prepare_out(out: Path, resume: bool) -> None:
     if resume:
         return
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    # hidden entries are a killed writer's temporaries (.run.<random>.part.json), not a run
+    if out.exists() and (not out.is_dir() or any(not p.name.startswith(".") for p in out.iterdir())):
         raise UserError(f"{out}: exists and is not empty; use --resume to continue that run or choose a new --out")
 
 
@@ -148,25 +151,38 @@ def train(model_name: str, data_root, out_dir, *, preset: str = "tiny", train_co
     """Train `model_name` on the paired tiles under `data_root`; write/continue the run in `out_dir`.
 
     overrides: framework-config fields to change from the preset (e.g. {"ngf": 32}).
-    resume: continue the run in `out_dir` from its latest checkpoint (same trajectory).
+    resume: continue the run in `out_dir` from its latest checkpoint (same trajectory); a run
+    killed before its first checkpoint starts again from step 0 (same initial weights).
     cancel(step) -> True stops after that step (raises Cancelled); checkpoints stay valid.
     Returns `out_dir`.
     """
     from her2core.models import registry
-    from her2core.util.configs import from_dict
+    from her2core.util.outputs import locked
 
     out = Path(out_dir)
     cls = registry.get(model_name)
+    # one writer per run folder: a second `train` into it gets one line (rank 0 holds the lock)
+    with locked(out, "her2 train") if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext():
+        return _train_locked(cls, data_root, out, preset, train_config, overrides, resume, progress, cancel)
+
+
+def _train_locked(cls, data_root, out: Path, preset, train_config, overrides, resume, progress, cancel):
+    from her2core.util.configs import from_dict
+
     _prepare_out(out, resume)
+    restart = resume and not (out / "checkpoints" / checkpoint.LATEST).exists()
     if resume:
         run = read_run(out)
         if run["framework"] != cls.name:
             raise UserError(f"{out}: is a {run['framework']} run; resume it with --model {run['framework']}")
         tc = _check_resume_config(from_dict(TrainConfig, run["train_config"], source=str(out / "run.json")),
                                   train_config, out)
+        if restart:  # killed before its first checkpoint: start it again, same initial weights
+            torch.manual_seed(step_seed(tc.seed, -1, 0))
         framework = build_framework(run, str(out / "run.json"))
         preset = run["preset"]
         data_root = data_root or run["data"]["root"]
+        resume = not restart
     else:
         tc = train_config or TrainConfig()
         torch.manual_seed(step_seed(tc.seed, -1, 0))  # initial weights depend on the seed only
@@ -226,6 +242,7 @@ def _run(framework, cls, preset, tc, data_root, out, env, resume, progress, canc
         log.truncate(start)
     elif env.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        log.truncate(0)  # a run restarted after a kill before its first checkpoint logs afresh
         data_mpp, data_mpp_source = _dataset_mpp(Path(data_root))
         write_json(out / "run.json", {
             "format": RUN_FORMAT, "framework": framework.name, "family": framework.family, "preset": preset,
@@ -326,6 +343,8 @@ def _run(framework, cls, preset, tc, data_root, out, env, resume, progress, canc
         if step != last_saved and step > start:
             _save(framework, optimizers, ctx, ckpt_dir, step, tc, res, env, log, preset,
                   selector.protected() if selector else set())
+        if step == start:  # resumed after the last checkpoint: its final validation is redone
+            log.forget(step, "val/L1")
         _sample(framework, val_ds, tc, out, step, log, env, device, write_png)
         log.write_csv()
     finally:

@@ -19,7 +19,15 @@ class MetricsLog:
         """On resume from step N (N steps done): forget rows of later steps, which the run redoes."""
         if not self.enabled or not self.jsonl.exists():
             return
-        keep = [ln for ln in self.jsonl.read_text().splitlines() if ln and json.loads(ln)["step"] <= done_steps]
+        keep = [json.dumps(r, sort_keys=True) for r in self.rows() if r.get("step", 0) <= done_steps]
+        write_text(self.jsonl, "".join(ln + "\n" for ln in keep))
+
+    def forget(self, step: int, key: str) -> None:
+        """Drop the rows of `step` that hold `key` (a finished run resumed logs its final
+        validation again; the earlier row must not stay twice)."""
+        if not self.enabled or not self.jsonl.exists():
+            return
+        keep = [json.dumps(r, sort_keys=True) for r in self.rows() if not (r.get("step") == step and key in r)]
         write_text(self.jsonl, "".join(ln + "\n" for ln in keep))
 
     def write(self, row: dict) -> None:
@@ -29,9 +37,19 @@ class MetricsLog:
             fh.write(json.dumps(row, sort_keys=True) + "\n")
 
     def rows(self) -> list[dict]:
+        """The logged rows; a line torn by a kill mid-write (or otherwise unreadable) is dropped,
+        so it never blocks a resume (the resumed run logs that step again)."""
         if not self.jsonl.exists():
             return []
-        return [json.loads(ln) for ln in self.jsonl.read_text().splitlines() if ln]
+        rows = []
+        for ln in self.jsonl.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                row = json.loads(ln)
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+        return rows
 
     def write_csv(self) -> None:
         if not self.enabled:

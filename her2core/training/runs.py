@@ -52,6 +52,22 @@ def working_mpp(run: dict) -> float | None:
     return None
 
 
+def run_fingerprint(run_dir) -> str:
+    """sha256 over run.json and the checkpoint `load_run` would use: recorded beside outputs so a
+    rerun with another run (or the same run trained further) is told apart from a resume."""
+    import hashlib
+
+    from her2core.training import checkpoint
+    from her2core.util.hashing import sha256_file
+
+    run_dir = Path(run_dir)
+    read_run(run_dir)
+    best = checkpoint.read_best(run_dir / "checkpoints")
+    weights, _ = checkpoint.find(run_dir / "checkpoints", best["step"] if best else None)
+    both = sha256_file(run_dir / "run.json") + sha256_file(weights)
+    return hashlib.sha256(both.encode()).hexdigest()
+
+
 def build_framework(run: dict, source: str):
     from her2core.models import registry
     from her2core.util.configs import from_dict

@@ -1,7 +1,8 @@
 """Write files atomically: a killed job leaves either the old file or the new one.
 
 Everything lands in a temporary file beside the target and is renamed over it
-(rename is atomic on POSIX within one file system).
+(rename is atomic on POSIX within one file system). A full disk, a read-only place or a
+missing permission becomes one UserError naming the target, with the temporary removed.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from her2core.util.outputs import UNWRITABLE, unwritable
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
@@ -23,17 +26,22 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     format from the extension (PIL, tifffile) still do the right thing.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes) if suffix is None else suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".part" + suffix, dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".part" + suffix, dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp_path, path)
+    except OSError as exc:
+        if exc.errno in UNWRITABLE:
+            raise unwritable(path, exc) from None
+        raise
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
 
 
