@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from her2core.errors import UserError
+from her2core.inference.confidence import U_MAX
 
 FRACTIONS = np.round(np.arange(0.0, 1.0, 0.02), 4)  # removed fraction, 0 .. 0.98
 MAX_PIXELS = 4_000_000  # pixels kept (a fixed-seed random subset) for the sparsification curve
@@ -78,40 +79,60 @@ def sparsification(uncertainty: np.ndarray, error: np.ndarray,
             "pixels": int(e.size)}
 
 
-def calibrate(uncertainty: np.ndarray, pred: np.ndarray, target: np.ndarray, *,
-              names: list[str] | None = None, seed: int = 0) -> tuple[dict, list[dict]]:
-    """Calibration of uncertainty maps (N, H, W) for virtual `pred` vs real `target` (N, H, W, 3)
-    uint8: (summary dict, per-tile rows)."""
+def calibrate(tiles, *, n_tiles: int, seed: int = 0) -> tuple[dict, list[dict]]:
+    """Calibration over `tiles`, an iterable of (name, uncertainty (H, W), virtual RGB uint8,
+    real RGB uint8), streamed: (summary dict, per-tile rows). Each tile gives at most
+    MAX_PIXELS / n_tiles pixels (a fixed-seed random subset) to the sparsification curve."""
     from her2core.evaluation.pixel import ssim_batch
     from her2core.stain import dab_od
 
-    u = np.asarray(uncertainty, np.float32)
-    pred, target = np.asarray(pred), np.asarray(target)
-    if u.shape != pred.shape[:3] or pred.shape != target.shape:
-        raise UserError(f"confidence maps {u.shape} do not match the tiles {pred.shape[:3]}")
-    if len(u) < 3:
+    rng = np.random.default_rng(seed)
+    rows, us, es = [], [], []
+    for name, u, pred, target in tiles:
+        u, pred, target = np.asarray(u, np.float32), np.asarray(pred), np.asarray(target)
+        if u.shape != pred.shape[:2] or pred.shape != target.shape:
+            raise UserError(f"{name}: confidence map {u.shape} does not match the tiles "
+                            f"{pred.shape[:2]} / {target.shape[:2]}")
+        ssim = float(ssim_batch(pred[None], target[None], device="cpu")[0])
+        dab_err = float(np.abs(dab_od(pred).astype(np.float64) - dab_od(target)).mean())
+        mean_u = float(u.mean())
+        rows.append({"image": name, "mean_uncertainty": mean_u,
+                     "mean_confidence": float(1 - min(mean_u / U_MAX, 1)),
+                     "one_minus_ssim": 1 - ssim, "dab_od_mae": dab_err})
+        err = np.abs(pred.astype(np.float32) - target.astype(np.float32)).mean(axis=-1) / 255.0
+        k = min(u.size, max(1, MAX_PIXELS // max(1, n_tiles)))
+        pick = rng.choice(u.size, k, replace=False) if k < u.size else slice(None)
+        us.append(u.ravel()[pick])
+        es.append(err.ravel()[pick])
+    if len(rows) < 3:
         raise UserError("calibration needs at least 3 tiles")
-    ssim = ssim_batch(pred, target, device="cpu")
-    dab_err = np.array([np.abs(dab_od(a).astype(np.float64) - dab_od(b)).mean()
-                        for a, b in zip(pred, target)])
-    u_tile = u.reshape(len(u), -1).mean(axis=1)
-    names = names or [str(i) for i in range(len(u))]
-    rows = [{"image": n, "mean_uncertainty": float(a), "mean_confidence": float(1 - min(a / 0.25, 1)),
-             "one_minus_ssim": float(1 - s), "dab_od_mae": float(d)}
-            for n, a, s, d in zip(names, u_tile, ssim, dab_err)]
-    err = np.abs(pred.astype(np.float32) - target.astype(np.float32)).mean(axis=-1) / 255.0
-    flat_u, flat_e = u.ravel(), err.ravel()
-    if flat_u.size > MAX_PIXELS:
-        keep = np.random.default_rng(seed).choice(flat_u.size, MAX_PIXELS, replace=False)
-        flat_u, flat_e = flat_u[keep], flat_e[keep]
+    u_tile = np.array([r["mean_uncertainty"] for r in rows])
     summary = {
-        "n_tiles": len(u),
-        "spearman_uncertainty_vs_one_minus_ssim": spearman(u_tile, 1 - ssim),
-        "spearman_uncertainty_vs_dab_od_mae": spearman(u_tile, dab_err),
+        "n_tiles": len(rows),
+        "spearman_uncertainty_vs_one_minus_ssim":
+            spearman(u_tile, [r["one_minus_ssim"] for r in rows]),
+        "spearman_uncertainty_vs_dab_od_mae": spearman(u_tile, [r["dab_od_mae"] for r in rows]),
         "pixel_error": "mean absolute RGB error in [0,1] units",
-        "sparsification": sparsification(flat_u, flat_e),
+        "sparsification": sparsification(np.concatenate(us), np.concatenate(es)),
     }
     return summary, rows
+
+
+def calibrate_folders(pred_dir, target_dir, confidence_dir, out_dir, settings: dict,
+                      seed: int = 0) -> dict:
+    """calibration.* in `out_dir` for virtual tiles, real tiles and confidence PNGs (by name)."""
+    from her2core.evaluation import pairs as pairing
+
+    pairs = pairing.pair_folders(pred_dir, target_dir)
+    pairing.check_pairs(pairs)
+
+    def tiles():
+        for name, p, t in pairs:
+            pred, target = pairing.read_pair(p, t)
+            yield name, read_confidence_maps(confidence_dir, [name])[0], pred, target
+
+    summary, rows = calibrate(tiles(), n_tiles=len(pairs), seed=seed)
+    return write_calibration(out_dir, summary, rows, settings)
 
 
 def figure(summary: dict, path: Path, rows: list[dict] | None = None) -> str:
