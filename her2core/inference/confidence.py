@@ -35,9 +35,9 @@ U_MAX = 0.25
 METHODS = ("auto", "seeds", "tta", "dropout", "tta+dropout")
 #: (cpu, gpu) default K per method
 DEFAULT_SAMPLES = {"seeds": (4, 8), "tta": (4, 8), "dropout": (4, 8), "tta+dropout": (8, 8)}
-MEANING = ("confidence of the virtual HER2 per pixel: v/255 = 1 - min(u/U_MAX, 1), u = mean over "
-           "RGB of the per-pixel std of K predictions in [0,1] units; 255 also where nothing was "
-           "translated (glass, outside the ROI)")
+MEANING = (f"confidence of the virtual HER2 per pixel: v/255 = 1 - min(u/{U_MAX:g}, 1), u = mean "
+           "over RGB of the per-pixel std of K predictions in [0,1] units; 255 also where nothing "
+           "was translated (glass, outside the ROI)")
 
 
 def uncertainty_to_confidence(u: np.ndarray) -> np.ndarray:

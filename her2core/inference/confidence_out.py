@@ -111,15 +111,16 @@ def translate_slide_confidence(run, slide_path, virtual_path, *, settings=None, 
     if out.exists() and not overwrite:
         raise UserError(f"{out}: output exists; pass --overwrite to replace it")
     rgb = out.with_name(f".{out.name}.rgb.ome.tif")  # the carrier; a kill resumes from it
+    translator = confidence_translator(run, settings=settings, runs=runs, device=device,
+                                       steps=steps, precision=precision)
     if overwrite or not rgb.exists():
-        translator = confidence_translator(run, settings=settings, runs=runs, device=device,
-                                           steps=steps, precision=precision)
         done = translate_slide(translator, slide_path, rgb, roi=roi, overwrite=True,
                                device=device, precision=precision, steps=steps, **slide_kwargs)
         if done is None:  # not the leader rank
             return None
     features = _roi_features(roi)
-    summary = write_confidence_pyramid(rgb, out, features)
+    summary = write_confidence_pyramid(rgb, out, features,
+                                       {"confidence": translator.estimator.describe()})
     from her2core.util.atomic import write_json
 
     write_json(out.with_name(out.name.split(".")[0] + ".confidence_rois.json"), summary)
@@ -161,7 +162,8 @@ def _with_measurements(features, rois: list[dict]) -> list:
     return out
 
 
-def write_confidence_pyramid(rgb_path: Path, out_path: Path, features=()) -> dict:
+def write_confidence_pyramid(rgb_path: Path, out_path: Path, features=(),
+                             properties: dict | None = None) -> dict:
     """One-channel uint8 pyramid from the carrier image, and per-ROI / whole-region summaries.
 
     Reads the carrier level by level, one tile row at a time (bounded memory); level 0 gives
@@ -208,7 +210,7 @@ def write_confidence_pyramid(rgb_path: Path, out_path: Path, features=()) -> dic
         meta_props = {k: v for k, v in props.items() if k not in ("kind",)}
         meta_props.update({"kind": "confidence", "meaning": MEANING, "u_max": U_MAX,
                            "scale_uint8": "confidence = value / 255",
-                           "virtual_slide_grid": True})
+                           "virtual_slide_grid": True, **(properties or {})})
         metadata = {"Creator": "her2core", "Name": out_path.name.split(".")[0], "axes": "YX",
                     "PhysicalSizeX": mpp, "PhysicalSizeXUnit": "µm",
                     "PhysicalSizeY": mpp, "PhysicalSizeYUnit": "µm",
@@ -236,6 +238,7 @@ def write_confidence_pyramid(rgb_path: Path, out_path: Path, features=()) -> dic
     for f, (s_, n, low) in zip(features, stats):
         rois.append({"id": f.id, "name": f.name, **summary(s_, n, low)})
     return {"confidence_slide": out_path.name, "mpp": mpp, "low_threshold": LOW,
+            **(properties or {}),
             "meaning": MEANING, "region": summary(*total), "rois": rois}
 
 
