@@ -211,7 +211,12 @@ def write_confidence_pyramid(rgb_path: Path, out_path: Path, features=(),
         meta_props.update({"kind": "confidence", "meaning": MEANING, "u_max": U_MAX,
                            "scale_uint8": "confidence = value / 255",
                            "virtual_slide_grid": True, **(properties or {})})
-        metadata = {"Creator": "her2core", "Name": out_path.name.split(".")[0], "axes": "YX",
+        import uuid
+
+        name = out_path.name.split(".")[0]
+        uid = uuid.uuid5(uuid.NAMESPACE_URL,  # name-derived, as PyramidStream: same bytes on rerun
+                         f"her2core:{name}:confidence:{json.dumps(meta_props, sort_keys=True)}")
+        metadata = {"UUID": str(uid), "Creator": "her2core", "Name": name, "axes": "YX",
                     "PhysicalSizeX": mpp, "PhysicalSizeXUnit": "µm",
                     "PhysicalSizeY": mpp, "PhysicalSizeYUnit": "µm",
                     "MapAnnotation": {"her2core": json.dumps(meta_props, sort_keys=True)}}
