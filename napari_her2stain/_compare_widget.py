@@ -129,6 +129,7 @@ class CompareWidget(Container):
                               translate=tuple(virtual.translate[-2:]), opacity=0.8, visible=False, units=L.UNITS,
                               metadata=L.meta("dab_diff", mpp))
         self.metrics = roi_metrics(v, r, mask, mpp)
+        self.metrics.update(self._confidence_in_roi(virtual, mask))
         self.table.value = {"data": [[_fmt(val)] for val in self.metrics.values()],
                             "index": list(self.metrics), "columns": ["value"]}
         self.status.value = (f"ROI {int(mask.sum())} px at {mpp:g} µm/px · HER2 proxy "
@@ -163,6 +164,19 @@ class CompareWidget(Container):
             self.viewer.add_image(rgba, rgb=True, name="real HER2 (ROI, side by side)", scale=mpp_t,
                                   translate=tuple(t), units=L.UNITS,
                                   metadata=L.meta("compare_view", float(virtual.scale[-1])))
+
+
+    def _confidence_in_roi(self, virtual, mask) -> dict:
+        """The virtual slide's confidence map (if written) as a layer, and its mean in the ROI."""
+        from napari_her2stain._confidence import add_confidence_over
+
+        layer = add_confidence_over(self.viewer, virtual)
+        if layer is None:
+            return {}
+        conf = np.asarray(L.level0(layer))
+        if conf.shape != mask.shape or not mask.any():
+            return {}
+        return {"mean confidence": float(conf[mask].mean() / 255.0)}
 
 
 def _colormaps():

@@ -19,6 +19,7 @@ ROLE_HE = "he"
 ROLE_HER2 = "her2"
 ROLE_VIRTUAL = "virtual"
 ROLE_ROIS = "rois"
+ROLE_CONFIDENCE = "confidence"  # `her2 translate --confidence`: one channel, 255 = sure
 
 #: World units of every layer the plugin adds (scale is microns per pixel).
 UNITS = ("µm", "µm")

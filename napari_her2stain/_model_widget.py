@@ -49,8 +49,9 @@ def roi_features(vertices_rc: np.ndarray, shape_type: str, name: str | None = No
 
 
 def translate_rois(run_dir, he_path, rois: list[dict], out_dir, *, steps, seed, work_mpp, tile,
-                   overlap, cancel):
-    """Job generator: translate each ROI; yields Progress, returns [(path, roi), ...]."""
+                   overlap, cancel, confidence: bool = False):
+    """Job generator: translate each ROI; yields Progress, returns [(path, roi), ...]
+    (with `confidence`: [(path, roi, confidence path), ...])."""
     from her2core.inference.slide import translate_slide
 
     out_dir = Path(out_dir)
@@ -62,6 +63,17 @@ def translate_rois(run_dir, he_path, rois: list[dict], out_dir, *, steps, seed, 
             text=f"ROI {k + 1}/{len(rois)}", roi=roi_features(roi["vertices"], roi["shape_type"], roi["name"]),
             steps=steps, seed=seed, work_mpp=work_mpp, tile=tile, overlap=overlap,
             overwrite=True, progress=False)
+        if confidence:
+            from her2core.inference.confidence_out import translate_slide_confidence
+
+            conf = yield from _jobs.stepwise(
+                translate_slide_confidence, run_dir, he_path, out, cancel=cancel,
+                progress_kw="callback", text=f"ROI {k + 1}/{len(rois)} confidence",
+                roi=roi_features(roi["vertices"], roi["shape_type"], roi["name"]), steps=steps,
+                seed=seed, work_mpp=work_mpp, tile=tile, overlap=overlap, overwrite=True,
+                progress=False)
+            results.append((Path(path), roi, Path(conf)))
+            continue
         results.append((Path(path), roi))
     return results
 
@@ -86,6 +98,8 @@ class ModelWidget(Container):
         self.work_mpp = FloatSpinBox(label="working µm/px (0: run's)", min=0.0, max=64.0, value=0.0,
                                      step=0.05)
         self.tile = SpinBox(label="tile (px)", min=32, max=4096, value=256, step=32)
+        self.confidence = CheckBox(text="confidence map (K predictions per tile: slower)",
+                                   value=False)
         self.out_dir = FileEdit(label="output folder", mode="d", value=self._tmp.name)
         self.run_btn = PushButton(text="Run on ROIs")
         self.cancel_btn = PushButton(text="Cancel", enabled=False)
@@ -93,7 +107,8 @@ class ModelWidget(Container):
         self.status = Label(label="status", value="")
         self.extend([self.he_combo, self.rois_combo, self.new_rois_btn, self.selected_only,
                      self.run_dir, self.model_info, self.steps, self.seed, self.work_mpp, self.tile,
-                     self.out_dir, self.run_btn, self.cancel_btn, self.progress, self.status])
+                     self.confidence, self.out_dir, self.run_btn, self.cancel_btn, self.progress,
+                     self.status])
         self.new_rois_btn.changed.connect(self.new_roi_layer)
         self.run_dir.changed.connect(self._on_run_dir)
         self.run_btn.changed.connect(self.run)
@@ -199,6 +214,7 @@ class ModelWidget(Container):
             translate_rois, run_dir, self.he_path(he), rois, Path(self.out_dir.value),
             steps=int(self.steps.value) if info["diffusion"] else None, seed=int(self.seed.value),
             work_mpp=work_mpp, tile=int(self.tile.value), overlap=max(8, int(self.tile.value) // 8),
+            confidence=bool(self.confidence.value),
             on_progress=self._on_progress, on_done=lambda res: self._add_results(res, he, info),
             on_error=lambda exc: setattr(self.status, "value", f"error: {exc}"),
             on_finish=self._on_finish)
@@ -218,11 +234,13 @@ class ModelWidget(Container):
         self.run_btn.enabled, self.cancel_btn.enabled = True, False
 
     def _add_results(self, results, he, info):
+        from napari_her2stain._confidence import add_confidence_over
         from napari_her2stain._overlays import transparent_white
         from napari_her2stain._reader import slide_layer
 
         added = []
-        for path, roi in results:
+        self.confidence_layers = []
+        for path, roi, *conf in results:
             data, kw, _ = slide_layer(path, role=L.ROLE_VIRTUAL,
                                       name=f"HER2 virtual: {roi['name']} ({info['framework']})")
             levels = data if kw["multiscale"] else [data]
@@ -234,6 +252,8 @@ class ModelWidget(Container):
                                          he_layer=he.name, run=str(self.run_dir.value),
                                          framework=info["framework"])
             added.append(self.viewer.add_image(data if kw["multiscale"] else data[0], **kw))
+            if conf:
+                self.confidence_layers.append(add_confidence_over(self.viewer, added[-1], conf[0]))
         self.status.value = f"done: {len(added)} virtual HER2 layer(s)"
         self.results = added
         return added

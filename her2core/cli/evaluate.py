@@ -40,6 +40,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an --out folder holding another evaluation (with --run)")
+    p.add_argument("--confidence", nargs="?", const="", default=None, metavar="DIR",
+                   help="also score the confidence maps against the real error (calibration.json, "
+                        "calibration.png): with --run they are computed; with --pred, DIR holds the "
+                        "PNGs `her2 translate --tiles --confidence` wrote (default PRED/confidence)")
+    p.add_argument("--confidence-method", default="auto",
+                   choices=["auto", "seeds", "tta", "dropout", "tta+dropout"])
+    p.add_argument("--confidence-samples", type=int, default=None,
+                   help="predictions per tile K (default 4 on a CPU, 8 on a GPU)")
 
 
 def run(args) -> int:
@@ -69,6 +77,13 @@ def run(args) -> int:
         with locked(args.out, "her2 evaluate"):
             res = evaluate_folders(args.pred, args.target, args.out, s, he_dir=args.he,
                                    progress=not args.quiet, log=log)
+    if args.confidence is not None:
+        cal = _calibration(args)
+        sp = cal["sparsification"]
+        print(f"{args.out}: confidence vs error: Spearman(1-SSIM) "
+              f"{cal['spearman_uncertainty_vs_one_minus_ssim']}, Spearman(DAB OD) "
+              f"{cal['spearman_uncertainty_vs_dab_od_mae']}, AUSE {sp['ause']:.4g}, "
+              f"below random everywhere: {sp['below_random_everywhere']}")
     m = res["means"]
     parts = [f"N={res['n']}"] + [f"{k}={m[k]:.4g}" for k in ("psnr", "ssim", "ms_ssim", "lpips")
                                  if m.get(k) is not None]
@@ -76,3 +91,30 @@ def run(args) -> int:
         parts += [f"FID={res['fid']:.2f}", f"KID={res['kid_mean']:.4g}"]
     print(f"{args.out}: " + " ".join(parts))
     return 0
+
+
+def _calibration(args) -> dict:
+    """calibration.* in --out: confidence maps of the evaluated tiles against their real error."""
+    from pathlib import Path
+
+    from her2core.evaluation.calibration import calibrate_folders
+    from her2core.inference.confidence import ConfidenceSettings
+
+    out = Path(args.out)
+    settings = ConfidenceSettings(method=args.confidence_method, samples=args.confidence_samples)
+    if args.run:
+        from her2core.inference.confidence_out import confidence_tile_folder
+
+        # seed 0, batches of 8: evaluate_run's translation, so sample 0 is the evaluated tile
+        conf_dir = confidence_tile_folder(args.run, out / "inputs" / "he", out, settings=settings,
+                                          steps=args.steps, seed=0, device=args.device)
+        pred, target = out / "virtual", out / "inputs" / "ihc"
+    else:
+        pred, target = Path(args.pred), Path(args.target)
+        conf_dir = Path(args.confidence) if args.confidence else pred / "confidence"
+    import json
+
+    described = conf_dir.parent / "confidence.json"  # written beside the maps
+    recorded = json.loads(described.read_text()) if described.is_file() else {
+        "source": str(conf_dir)}
+    return calibrate_folders(pred, target, conf_dir, out, recorded, seed=args.seed)

@@ -22,7 +22,7 @@ from her2core.errors import UserError
 STEPS = ("export", "tiles", "translate", "import", "measurements")
 # Steps that run only on H&E-like entries (the scripts skip the others with ok=true).
 _HE_ONLY = {"tiles", "translate"}
-_NOT_HE_ROLES = {"her2_registered", "virtual_her2", "her2"}
+_NOT_HE_ROLES = {"her2_registered", "virtual_her2", "her2", "confidence"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--virtual", action="append", type=Path, default=[], metavar="SLIDE",
                    help="a virtual HER2 slide of the first image (`her2 translate --slide`, whole "
                    "slide or --roi/--region), shown in its pixel grid (repeatable)")
+    p.add_argument("--confidence", action="append", type=Path, default=[], metavar="SLIDE",
+                   help="a confidence map (`her2 translate --confidence`: V.confidence.ome.tif), "
+                   "placed like its virtual slide; its meaning and scale go into the entry's "
+                   "metadata (repeatable)")
 
     e = sub.add_parser("export", help="annotations of every image as GeoJSON, named per image",
                        description="Write the annotations of every project image to OUT/<image>.geojson "
@@ -119,6 +123,24 @@ def _builder(args) -> int:
 # ----------------------------------------------------------------------------- project
 
 
+def _confidence_request(path: Path, rois, frame: Path):
+    """A confidence slide as an entry in the H&E's grid, its scale recorded with it."""
+    from her2core.qupath.project import ImageRequest
+    from her2core.slide import open_slide
+
+    with open_slide(path) as s:
+        props = s.properties
+    if props.get("kind") != "confidence":
+        raise UserError(f"{path}: not a her2 confidence map; give the .confidence.ome.tif "
+                        "`her2 translate --confidence` wrote")
+    return ImageRequest(path=path, image_type="OTHER", role="confidence", rois=rois, frame=frame,
+                        name=f"{Path(path).name} (confidence)",
+                        metadata={"her2.confidence.meaning": str(props.get("meaning", "")),
+                                  "her2.confidence.scale": "confidence = value / 255",
+                                  "her2.confidence.method": json.dumps(
+                                      props.get("confidence", {}), sort_keys=True)})
+
+
 def _project(args) -> int:
     from her2core.qupath.geojson import read_features
     from her2core.qupath.project import ImageRequest, add_images, load_registration
@@ -154,6 +176,7 @@ def _project(args) -> int:
         reqs.append(ImageRequest(path=v, image_type="BRIGHTFIELD_H_DAB", role="virtual_her2",
                                  rois=first_rois, frame=args.image[0],
                                  name=f"{Path(v).name} (virtual HER2)"))
+    reqs += [_confidence_request(c, first_rois, args.image[0]) for c in args.confidence]
     res = add_images(args.out, reqs)
     print(f"project: {res.project_dir / 'project.qpproj'}"
           + (f" (previous copy: {res.backup.name})" if res.backup else " (new)"))

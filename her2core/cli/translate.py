@@ -36,6 +36,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto: bf16 on CUDA that supports it, else fp32")
     p.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: best)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    c = p.add_argument_group("confidence maps")
+    c.add_argument("--confidence", action="store_true",
+                   help="also write the per-pixel confidence: OUT's .confidence.ome.tif pyramid and "
+                        "per-ROI summaries (--slide), or OUT/confidence/*.png + confidence.csv (--tiles)")
+    c.add_argument("--confidence-method", default="auto",
+                   choices=["auto", "seeds", "tta", "dropout", "tta+dropout"],
+                   help="auto: seeds for diffusion models, dihedral test-time augmentation for GANs "
+                        "(+ dropout samples where the network has dropout)")
+    c.add_argument("--confidence-samples", type=int, default=None,
+                   help="predictions per tile K (default 4 on a CPU, 8 on a GPU)")
+    c.add_argument("--runs", nargs="+", type=Path, default=[],
+                   help="more runs of the same family: the confidence spans this ensemble too")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,6 +62,15 @@ def run(args: argparse.Namespace) -> int:
                               batch_size=args.batch_size, seed=args.seed, progress=True,
                               overwrite=args.overwrite)
         print(f"wrote {args.out}")
+        if args.confidence:
+            from her2core.inference.confidence_out import confidence_tile_folder
+
+            conf = confidence_tile_folder(args.run, args.tiles, args.out,
+                                          settings=_confidence_settings(args), runs=args.runs,
+                                          steps=args.steps, batch_size=args.batch_size,
+                                          seed=args.seed, device=args.device,
+                                          overwrite=args.overwrite)
+            print(f"wrote {conf} and {args.out / 'confidence.csv'}")
         return 0
 
     from her2core.inference.region import parse_region
@@ -58,15 +79,36 @@ def run(args: argparse.Namespace) -> int:
     if args.out.suffix.lower() not in (".tif", ".tiff"):
         raise UserError(f"{args.out}: give a .ome.tif output path for --slide")
     region = parse_region(args.region) if args.region else None
-    out = translate_slide(args.run, args.slide, args.out, roi=args.roi, region=region,
-                          steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-                          slide_mpp=args.mpp, work_mpp=args.work_mpp, tile=args.tile,
-                          overlap=args.overlap, overwrite=args.overwrite, device=args.device,
-                          precision=args.precision, progress=True)
-    print(f"wrote {out}")
+    if args.confidence and args.out.exists() and not args.overwrite:
+        out = args.out  # a rerun to resume the confidence map keeps the finished virtual slide
+        print(f"kept {out}")
+    else:
+        out = translate_slide(args.run, args.slide, args.out, roi=args.roi, region=region,
+                              steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                              slide_mpp=args.mpp, work_mpp=args.work_mpp, tile=args.tile,
+                              overlap=args.overlap, overwrite=args.overwrite, device=args.device,
+                              precision=args.precision, progress=True)
+        print(f"wrote {out}")
     if out is not None and (args.roi or args.region):
         _print_placement(out, args.slide)
+    if args.confidence:
+        from her2core.inference.confidence_out import translate_slide_confidence
+
+        conf = translate_slide_confidence(
+            args.run, args.slide, args.out, settings=_confidence_settings(args), runs=args.runs,
+            roi=args.roi, region=region, steps=args.steps, batch_size=args.batch_size,
+            seed=args.seed, slide_mpp=args.mpp, work_mpp=args.work_mpp, tile=args.tile,
+            overlap=args.overlap, overwrite=args.overwrite, device=args.device,
+            precision=args.precision, progress=True)
+        if conf is not None:
+            print(f"wrote {conf} (and its .confidence_rois.json)")
     return 0
+
+
+def _confidence_settings(args):
+    from her2core.inference.confidence import ConfidenceSettings
+
+    return ConfidenceSettings(method=args.confidence_method, samples=args.confidence_samples)
 
 
 def _print_placement(out: Path, slide: Path) -> None:

@@ -56,6 +56,26 @@ def add_evaluation(rep: Report, eval_dir, he_dir=None, n_examples: int = 4) -> N
     g.image_grid(rows, columns=["H&E", "virtual", "real"], captions=caps)
     s2 = rep.section(f"Settings: {label}")
     s2.table(sm.get("settings", {}))
+    if (eval_dir / "calibration.json").is_file():
+        add_calibration(rep, eval_dir, label)
+
+
+def add_calibration(rep: Report, eval_dir, label: str = "") -> None:
+    """Section for `her2 evaluate --confidence`: does the confidence map predict the error?"""
+    cal = json.loads((Path(eval_dir) / "calibration.json").read_text())
+    sp = cal["sparsification"]
+    sec = rep.section(f"Confidence calibration: {label or Path(eval_dir).name}")
+    sec.table({"tiles": cal["n_tiles"],
+               "Spearman mean uncertainty vs 1 - SSIM": cal["spearman_uncertainty_vs_one_minus_ssim"],
+               "Spearman mean uncertainty vs DAB OD MAE": cal["spearman_uncertainty_vs_dab_od_mae"],
+               "AUSE": sp["ause"], "AUSE / mean error": sp["ause_relative"],
+               "area random - curve (AURG)": sp["aurg"],
+               "below random removal everywhere": sp["below_random_everywhere"],
+               "method": cal.get("confidence", {}).get("method"),
+               "K": cal.get("confidence", {}).get("samples")})
+    if cal.get("figure"):
+        sec.figure(Path(eval_dir) / cal["figure"],
+                   caption=f"sparsification ({cal['pixel_error']}) and per-tile uncertainty")
 
 
 def add_comparison(rep: Report, compare_dir) -> None:

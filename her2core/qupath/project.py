@@ -614,7 +614,8 @@ def entry_builder(path: str | Path, *, transform_xy=None, frame: str | Path | No
         raise UserError(f"{path}: an entry in another slide's frame needs that slide "
                         "(the H&E) to take its size and microns per pixel from")
     name = f"{path.name} in {Path(frame).name}"
-    return affine_builder(inner, transform_xy, metadata=frame_metadata(frame, name=name))
+    return affine_builder(inner, transform_xy, metadata=frame_metadata(frame, name=name,
+                                                                       like=path))
 
 
 def _default_name(src: Path, registered: bool) -> str:

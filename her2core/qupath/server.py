@@ -89,8 +89,10 @@ def _packed_rgb(rgb) -> int:
 
 
 def metadata_json(name: str, level_sizes: list[tuple[int, int]], mpp: float | None, *,
-                  tile: int = DEFAULT_TILE, downsamples: list[float] | None = None) -> dict:
-    """ImageServerMetadata as QuPath's Gson writes it, for an RGB uint8 slide.
+                  tile: int = DEFAULT_TILE, downsamples: list[float] | None = None,
+                  channels: int = 3) -> dict:
+    """ImageServerMetadata as QuPath's Gson writes it, for an RGB uint8 slide (or, `channels`
+    1, a one-channel uint8 image such as a her2 confidence map: not RGB, one white channel).
 
     `level_sizes` are (width, height) per level, level 0 first; `downsamples` default to
     QuPath's own estimate from those sizes. `mpp` None: pixel units (uncalibrated).
@@ -110,9 +112,11 @@ def metadata_json(name: str, level_sizes: list[tuple[int, int]], mpp: float | No
         size = {"value": 1.0, "unit": "px"}
     return {
         "name": str(name), "width": w0, "height": h0, "sizeZ": 1, "sizeT": 1,
-        "channelType": "DEFAULT", "isRGB": True, "pixelType": "UINT8",
+        "channelType": "DEFAULT", "isRGB": channels == 3, "pixelType": "UINT8",
         "levels": levels,
-        "channels": [{"name": n, "color": _packed_rgb(c)} for n, c in RGB_CHANNELS],
+        "channels": ([{"name": n, "color": _packed_rgb(c)} for n, c in RGB_CHANNELS]
+                     if channels == 3 else [{"name": "Channel 1",
+                                             "color": _packed_rgb((255, 255, 255))}]),
         "pixelCalibration": {"pixelWidth": dict(size), "pixelHeight": dict(size),
                              "zSpacing": {"value": 1.0, "unit": "z-slice"},
                              "timeUnit": "SECONDS", "timepoints": []},
@@ -140,12 +144,24 @@ def slide_metadata(path: str | Path, *, name: str | None = None) -> dict:
     """Server metadata of a slide as QuPath's reader reports it (size, levels, µm/px)."""
     with _open(Path(path)) as s:
         return metadata_json(name or Path(path).name, [tuple(d) for d in s.level_dimensions],
-                             s.mpp, tile=_tile_size(s))
+                             s.mpp, tile=_tile_size(s), channels=_channels(s))
 
 
-def frame_metadata(frame: str | Path, *, name: str) -> dict:
-    """Metadata of an entry shown in `frame`'s level-0 grid: the frame's size, levels, µm/px."""
-    return slide_metadata(frame, name=name)
+def _channels(slide) -> int:
+    """1 for a one-channel slide (a her2 confidence map), else 3 (shown as RGB)."""
+    try:
+        return 1 if slide.level_array(0).ndim == 2 else 3
+    except Exception:  # noqa: BLE001 - a backend without arrays: RGB (vendor slides are)
+        return 3
+
+
+def frame_metadata(frame: str | Path, *, name: str, like: str | Path | None = None) -> dict:
+    """Metadata of an entry shown in `frame`'s level-0 grid: the frame's size, levels, µm/px
+    (and the channels of `like`, the slide shown there, when given)."""
+    md = slide_metadata(frame, name=name)
+    if like is not None:
+        md.update({k: v for k, v in slide_metadata(like).items() if k in ("isRGB", "channels")})
+    return md
 
 
 def region_placement(region_slide: str | Path, frame: str | Path) -> np.ndarray:
