@@ -113,8 +113,9 @@ def make_translator(ngf: int | None, blocks: int | None, device=None, precision:
                     preset: str = "tiny"):
     import dataclasses
 
-    from her2core.inference.model import Translator, pick_device
+    from her2core.inference.model import Translator
     from her2core.models import registry
+    from her2core.util.device import resolve_device
 
     cls = registry.get("pyramid_pix2pix")
     cfg = cls.preset(preset)
@@ -123,7 +124,7 @@ def make_translator(ngf: int | None, blocks: int | None, device=None, precision:
     if blocks is not None:
         cfg = dataclasses.replace(cfg, n_blocks=blocks)
     fw = cls(cfg).eval()
-    return Translator(fw, pick_device(device), precision=precision, work_mpp=MPP,
+    return Translator(fw, resolve_device(device), precision=precision, work_mpp=MPP,
                       name=f"pyramid_pix2pix[{preset}]")
 
 

@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
         translate_tile_folder(args.run, args.tiles, args.out, steps=args.steps,
                               batch_size=args.batch_size, seed=args.seed, progress=True,
+                              device=args.device, precision=args.precision,
                               overwrite=args.overwrite)
         print(f"wrote {args.out}")
         if args.confidence:

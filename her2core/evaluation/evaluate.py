@@ -263,8 +263,9 @@ def _evaluate_run(run_dir, data_root, split, out_dir: Path, settings, *, progres
         if score is not None and int(score) >= 0:
             labels[Path(he).stem] = int(score)
     virtual = out_dir / "virtual"
+    # scored in fp32 as the reference evaluations are; the device is the metrics' device
     translate_tile_folder(run_dir, he_dir, virtual, steps=steps, progress=progress,
-                          command="her2 evaluate --run")
+                          device=s.device, precision="fp32", command="her2 evaluate --run")
     if s.inference_mode is None:
         from her2core.inference.tiles import inference_mode_of
 

@@ -8,7 +8,6 @@ mixes outputs of two different models), and a name for the output's metadata.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -18,35 +17,7 @@ from typing import Any
 import numpy as np
 
 from her2core.errors import UserError
-
-#: Keys under which a run's config or its dataset manifest may record the working scale.
-
-
-def pick_device(device: Any = None):
-    """An explicit device, else CUDA (this rank's under torchrun), else MPS, else CPU."""
-    import torch
-
-    if device is not None:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def autocast_for(device, precision: str):
-    """Autocast context for 'fp32' | 'bf16' | 'fp16' | 'auto' (bf16 on CUDA that has it, else fp32)."""
-    import torch
-
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if precision == "fp32":
-        return contextlib.nullcontext(), "fp32"
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    if dtype is None:
-        raise UserError(f"--precision {precision!r}: choose fp32, bf16, fp16 or auto")
-    return torch.autocast(device_type=device.type, dtype=dtype), precision
+from her2core.util.device import autocast, resolve_device, resolve_precision
 
 
 def weights_fingerprint(module) -> str:
@@ -80,7 +51,8 @@ class Translator:
     def __post_init__(self):
         self.tiles_translated = 0  # tiles that went through the network (for reports)
         self.framework = self.framework.to(self.device).eval()
-        self._autocast, self.precision = autocast_for(self.device, self.precision)
+        self.precision = resolve_precision(self.precision, self.device)
+        self._autocast = autocast(self.device, self.precision)
         if not self.fingerprint:
             self.fingerprint = weights_fingerprint(self.framework)
 
@@ -105,7 +77,7 @@ def load_translator(run, *, device=None, steps: int | None = None, precision: st
     """A Translator from a run folder (EMA weights, eval mode) or an already built framework."""
     if isinstance(run, Translator):
         return run
-    dev = pick_device(device)
+    dev = resolve_device(device)
     if isinstance(run, (str, os.PathLike)):
         from her2core.training import load_run
         from her2core.training.runs import read_run, working_mpp

@@ -59,8 +59,8 @@ def translate_batch(framework, he_uint8, *, steps: int | None = None, seed: int 
 
 
 def translate_tile_folder(run_or_framework, in_dir, out_dir, *, steps: int | None = None, batch_size: int = 8,
-                          seed: int = 0, progress: bool = True, device=None, overwrite: bool = False,
-                          command: str = "her2 translate --tiles") -> Path:
+                          seed: int = 0, progress: bool = True, device=None, precision: str = "auto",
+                          overwrite: bool = False, command: str = "her2 translate --tiles") -> Path:
     """One PNG per input tile in `out_dir`, same file names (suffix .png).
 
     `out_dir` records what wrote it (`her2core.util.outputs`: weights fingerprint, input
@@ -72,7 +72,7 @@ def translate_tile_folder(run_or_framework, in_dir, out_dir, *, steps: int | Non
     written one is translated again whole), so the stochastic diffusion samplers give the
     same bytes as an uninterrupted run.
     """
-    from her2core.inference.model import weights_fingerprint
+    from her2core.inference.model import load_translator
     from her2core.util.atomic import write_png
     from her2core.util.outputs import claim, locked
 
@@ -90,17 +90,14 @@ def translate_tile_folder(run_or_framework, in_dir, out_dir, *, steps: int | Non
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if dupes:
         raise UserError(f"{in_dir}: several tiles named {dupes[0]} (different suffixes); outputs would collide")
-    if isinstance(run_or_framework, (str, Path)):
-        from her2core.training import load_run
-
-        framework = load_run(run_or_framework, device=device or _default_device())
-        run_name = str(Path(run_or_framework).resolve())
-    else:
-        framework = run_or_framework
-        run_name = getattr(framework, "name", type(framework).__name__)
-    record = {"command": command, "run": run_name, "weights_sha256": weights_fingerprint(framework),
+    # the one device/precision rule (util.device), as for slides
+    translator = load_translator(run_or_framework, device=device, steps=steps, precision=precision)
+    run_name = (str(Path(run_or_framework).resolve()) if isinstance(run_or_framework, (str, Path))
+                else translator.name)
+    record = {"command": command, "run": run_name, "weights_sha256": translator.fingerprint,
               "inputs": str(in_dir.resolve()), "steps": steps, "seed": int(seed),
-              "batch_size": int(batch_size), "inference_mode": getattr(framework, "inference_mode", None)}
+              "batch_size": int(batch_size), "precision": translator.precision,
+              "inference_mode": getattr(translator.framework, "inference_mode", None)}
     with locked(out_dir, command):
         claim(out_dir, record, overwrite=overwrite, clear=_clear_tiles)
         for part in out_dir.glob(".*.part.png"):  # a killed writer's temporaries (we hold the lock)
@@ -117,7 +114,7 @@ def translate_tile_folder(run_or_framework, in_dir, out_dir, *, steps: int | Non
         try:
             for b in todo:
                 batch = np.stack([read_rgb(files[i]) for i in b])
-                outs = translate_batch(framework, batch, steps=steps, seed=seed + b[0], device=device)
+                outs = translator(batch, seed + b[0])
                 for i, out in zip(b, outs):
                     if overwrite or not target(files[i]).exists():
                         write_png(target(files[i]), out)
@@ -146,9 +143,3 @@ def _clear_tiles(folder: Path) -> None:
             p.unlink()
 
 
-def _default_device():
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"

@@ -14,44 +14,12 @@ micro-batches per optimisation step; `ctx.stepping` is False on all but the last
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 
 from her2core.training.distributed import DistEnv, average_
-
-
-def resolve_device(spec: str, env: DistEnv) -> torch.device:
-    from her2core.errors import UserError
-
-    if spec == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", env.local_rank)
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    dev = torch.device(spec)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {spec}: CUDA is not available here; use --device cpu or auto")
-        if dev.index is None:
-            dev = torch.device("cuda", env.local_rank)
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"--device {spec}: MPS is not available here; use --device cpu or auto")
-    return dev
-
-
-def resolve_precision(spec: str, device: torch.device) -> str:
-    from her2core.errors import UserError
-
-    if spec not in ("auto", "fp32", "bf16", "fp16"):
-        raise UserError(f"--precision {spec}: use fp32, bf16, fp16 or auto")
-    if spec == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if spec == "fp16" and device.type == "cpu":
-        raise UserError("--precision fp16 needs a GPU; use bf16 or fp32 on the CPU")
-    return spec
+from her2core.util.device import autocast
 
 
 class EngineContext:
@@ -85,10 +53,7 @@ class EngineContext:
             self.grad_norms, self.nonfinite = {}, []
 
     def autocast(self):
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return autocast(self.device, self.precision)
 
     def backward(self, loss: torch.Tensor) -> None:
         if self.accumulate > 1 and self.accumulate_reduction == "mean":

@@ -23,10 +23,11 @@ import torch
 from her2core.errors import UserError
 from her2core.training import checkpoint, distributed
 from her2core.training.config import TrainConfig
-from her2core.training.context import EngineContext, resolve_device, resolve_precision
+from her2core.training.context import EngineContext
 from her2core.training.data import AugmentedPairs, check_sizes, make_loader, parse_augment
 from her2core.training.metrics_log import MetricsLog
 from her2core.training.runs import RUN_FORMAT, build_framework, read_run
+from her2core.util.device import resolve_device, resolve_precision
 
 # TrainConfig fields a resumed run may change without leaving its trajectory's definition.
 RESUME_MUTABLE = {"max_steps", "device", "num_workers", "checkpoint_every", "keep_checkpoints", "log_every",
@@ -202,7 +203,7 @@ def _run(framework, cls, preset, tc, data_root, out, env, resume, progress, canc
     from her2core.util.atomic import write_json, write_png
     from her2core.util.configs import to_dict
 
-    device = resolve_device(tc.device, env)
+    device = resolve_device(tc.device, local_rank=env.local_rank)
     precision = resolve_precision(tc.precision, device)
     if tc.nonfinite not in ("skip", "stop"):
         raise UserError(f"nonfinite={tc.nonfinite!r}: use 'skip' or 'stop'")
