@@ -80,3 +80,14 @@ def border_step_ratio(img: np.ndarray, borders: list[int], tissue: np.ndarray, *
         return step[:, idx][ok[:, idx]].mean()
 
     return float(mean_at(bord) / mean_at(inner))
+
+
+def he_tile_folder(folder, n: int, seed: int, side: int = 64):
+    """`n` synthetic H&E tiles t0.png ... of `side` px, cut from one strip, in a new `folder`."""
+    from her2core.util.atomic import write_png
+
+    folder.mkdir(parents=True)
+    img = synth_he(side, side * n, seed=seed, tissue=0.9)
+    for i in range(n):
+        write_png(folder / f"t{i}.png", img[:, i * side:(i + 1) * side])
+    return folder

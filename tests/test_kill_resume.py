@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_inference_support import synth_he
+from test_inference_support import he_tile_folder, synth_he
 
 from her2core.training import Cancelled, TrainConfig, train
 
@@ -66,14 +66,7 @@ def _driver(*args) -> list[str]:
 
 @pytest.fixture(scope="module")
 def he_tiles(tmp_path_factory):
-    from her2core.util.atomic import write_png
-
-    d = tmp_path_factory.mktemp("he") / "tiles"
-    d.mkdir()
-    img = synth_he(64, 64 * 9, seed=4, tissue=0.9)
-    for i in range(9):
-        write_png(d / f"t{i}.png", img[:, i * 64:(i + 1) * 64])
-    return d
+    return he_tile_folder(tmp_path_factory.mktemp("he") / "tiles", 9, seed=4)
 
 
 # ----------------------------------------------------------------------------- translate --tiles

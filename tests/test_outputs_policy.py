@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_inference_support import ConvNet, synth_he
+from test_inference_support import ConvNet, he_tile_folder, synth_he
 
 from her2core.errors import UserError
 from her2core.util.outputs import PROVENANCE, locked
@@ -37,14 +37,7 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiles(tmp_path_factory):
-    from her2core.util.atomic import write_png
-
-    d = tmp_path_factory.mktemp("tiles") / "he"
-    d.mkdir()
-    img = synth_he(64, 64 * 5, seed=3, tissue=0.9)
-    for i in range(5):
-        write_png(d / f"t{i}.png", img[:, i * 64:(i + 1) * 64])
-    return d
+    return he_tile_folder(tmp_path_factory.mktemp("tiles") / "he", 5, seed=3)
 
 
 # ----------------------------------------------------------------------------- evaluate --run
