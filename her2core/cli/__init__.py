@@ -46,7 +46,9 @@ def _module(name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from her2core.cli.options import OneLineParser
+
+    parser = OneLineParser(
         prog="her2",
         description="Virtual HER2 IHC from H&E: datasets, training, inference, evaluation.",
     )
