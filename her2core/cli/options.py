@@ -20,12 +20,18 @@ PRESETS = ("tiny", "paper")
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
 
 
+class OptionError(Exception):
+    """A bad command line, already reported on stderr; `her2core.cli.main` returns 2 for it."""
+
+    exit_code = 2
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line on stderr and exit status 2."""
+    """An ArgumentParser whose errors are one line on stderr (no usage block), then OptionError."""
 
     def error(self, message: str):
         sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-        sys.exit(2)
+        raise OptionError(message)
 
 
 def _refuse(text: str, allowed: str):
