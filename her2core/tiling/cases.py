@@ -77,7 +77,10 @@ def read_cases_csv(path: str | Path, *, paired: bool = True) -> list[Case]:
     except csv.Error as exc:
         raise UserError(f"{path}: not a readable CSV ({exc}); save the cases CSV as UTF-8 "
                         "comma-separated text") from None
-    header = [c.strip().lower() for c in (lines[0] if lines else [])]
+    if not lines or not any(c.strip() for c in lines[0]):
+        raise UserError(f"{path}: the cases CSV is empty (no header row); see "
+                        f"`her2 {'tile' if paired else 'batch'} --help`")
+    header = [c.strip().lower() for c in lines[0]]
     rename = {}
     if "he" not in header and "slide" in header:
         rename = _OLD_BATCH_COLUMNS
