@@ -13,8 +13,6 @@ import math
 import re
 import sys
 
-from her2core.slide.mpp import MPP_RANGE
-
 #: Presets every framework has (her2core.models.base.Framework.presets).
 PRESETS = ("tiny", "paper")
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
@@ -98,7 +96,16 @@ positive_float = float_range(0.0, lo_open=True)
 non_negative_float = float_range(0.0)
 finite_float = float_range()
 fraction = float_range(0.0, 1.0, what="a fraction")
-mpp_float = float_range(MPP_RANGE[0], MPP_RANGE[1], what="microns per pixel")
+
+
+
+def mpp_float(text: str) -> float:
+    """Microns per pixel within her2core.slide.mpp.MPP_RANGE (imported here: `her2 --help` stays
+    free of numpy)."""
+    from her2core.slide.mpp import MPP_RANGE
+
+    return float_range(*MPP_RANGE, what="microns per pixel")(text)
+
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
