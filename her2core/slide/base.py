@@ -25,7 +25,7 @@ MAX_SLIDE_PIXELS = 2**36
 #: a bug or an absurd scale; `read_at_mpp` and `thumbnail` shrink large areas band by band.
 MAX_READ_PIXELS = 2**28
 #: Source areas larger than this (4096² px) are shrunk band by band, never read whole.
-_BAND_READ_PIXELS = 2**24
+SHRINK_ABOVE_PIXELS = 2**24
 
 
 class Slide:
@@ -160,9 +160,9 @@ class Slide:
         src_w = round(size_um[0] / (mpp0 * ds))
         src_h = round(size_um[1] / (mpp0 * ds))
         factor = min(src_w // max(out_w, 1), src_h // max(out_h, 1))
-        if src_w * src_h > _BAND_READ_PIXELS and factor >= 2:
-            img = self._read_shrunk((round(location[0]), round(location[1])), level,
-                                    (src_w, src_h), factor)
+        if src_w * src_h > SHRINK_ABOVE_PIXELS and factor >= 2:
+            img = self.read_shrunk((round(location[0]), round(location[1])), level,
+                                   (src_w, src_h), factor)
             return resize_rgb(img, (out_h, out_w))
         img = self.read_region((round(location[0]), round(location[1])), level,
                                (src_w, src_h))
@@ -170,23 +170,24 @@ class Slide:
             return img
         return resize_rgb(img, (out_h, out_w))
 
-    def _read_shrunk(self, location: tuple[int, int], level: int, size: tuple[int, int],
-                     factor: int) -> np.ndarray:
-        """`read_region(location, level, size)` averaged over factor x factor blocks (edges
+    def read_shrunk(self, location: tuple[float, float], level: int, size: tuple[int, int],
+                    factor: int, fill: int = 255) -> np.ndarray:
+        """`read_region(location, level, size, fill)` averaged over factor x factor blocks (edges
         replicated), read in bands of rows so memory stays at a few bands whatever the area.
 
-        Whole blocks per band: the result does not depend on the band height.
+        Output pixel j covers level pixels [j·factor, (j+1)·factor). Whole blocks per band: the
+        result does not depend on the band height.
         """
         w, h = size
         ds = self.level_downsamples[level]
         lx, ly = round(location[0] / ds), round(location[1] / ds)  # as read_region rounds them
         out = np.empty((-(-h // factor), -(-w // factor), 3), np.uint8)
-        band = max(1, _BAND_READ_PIXELS // max(w, 1) // factor) * factor
+        band = max(1, SHRINK_ABOVE_PIXELS // max(w, 1) // factor) * factor
         for r0 in range(0, h, band):
             rows = min(band, h - r0)
             loc = (lx * ds, (ly + r0) * ds)
             out[r0 // factor:(r0 + rows + factor - 1) // factor] = _block_mean(
-                self.read_region(loc, level, (w, rows)), factor)
+                self.read_region(loc, level, (w, rows), fill=fill), factor)
         return out
 
     def thumbnail(self, max_size: int = 1024) -> tuple[np.ndarray, float]:
@@ -196,8 +197,8 @@ class Slide:
         level = self.best_level_for_downsample(max(ds_needed, 1.0))
         lw, lh = self.level_dimensions[level]
         factor = int(max(ds_needed, 1.0) / self.level_downsamples[level])
-        if lw * lh > _BAND_READ_PIXELS and factor >= 2:  # a single-level slide: never read whole
-            img = self._read_shrunk((0, 0), level, (lw, lh), factor)
+        if lw * lh > SHRINK_ABOVE_PIXELS and factor >= 2:  # a single-level slide: never read whole
+            img = self.read_shrunk((0, 0), level, (lw, lh), factor)
             ds = w0 / img.shape[1]
         else:
             img = self.read_level(level)
