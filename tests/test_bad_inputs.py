@@ -26,6 +26,7 @@ from PIL import Image
 
 from her2core.cli import main
 from her2core.errors import UserError
+from her2core.registration.transform import SCHEMA as _TRANSFORM_SCHEMA
 
 CASE_SECONDS = 60  # one bad input is refused in well under a second; a hang or OOM is not
 
@@ -542,6 +543,23 @@ def test_odd_sized_tile_comes_back_its_own_size(world):
     assert out.shape == (2, 97, 130, 3)
     even = rng.integers(0, 255, (1, 64, 64, 3), dtype=np.uint8)
     assert translate_batch(framework, even).shape == (1, 64, 64, 3)
+
+
+@pytest.mark.parametrize("text, words", [
+    (b"[[1, 0, 0]]", "a JSON object"),
+    (json.dumps({"schema": _TRANSFORM_SCHEMA, "matrix": [["a"]], "he": {}, "her2": {}}).encode(),
+     "malformed"),
+    (json.dumps({"schema": _TRANSFORM_SCHEMA, "matrix": [[1, 0, 0], [0, 1, 0], [0, 0, 1]],
+                 "he": {"mpp": 0.5}, "her2": {"mpp": 0.5},
+                 "field": {"path": "../../elsewhere.npy"}}).encode(), "not a file beside it"),
+    (json.dumps({"schema": _TRANSFORM_SCHEMA, "matrix": [[1, 0, 0]], "he": []}).encode(), "'he'"),
+])
+def test_damaged_transform_json_is_one_line(tmp_path, text, words):
+    from her2core.registration.transform import load_transform
+
+    with pytest.raises(UserError, match="transform.json") as exc:
+        load_transform(_write(tmp_path / "transform.json", text))
+    assert words in str(exc.value) and "\n" not in str(exc.value)
 
 
 # -- the guarded JSON / CSV reader -------------------------------------------------------------
