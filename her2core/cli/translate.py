@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from her2core.cli import options as opt
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, type=Path, help="run folder written by `her2 train`")
@@ -23,18 +25,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--roi", type=Path, help="QuPath GeoJSON: translate the ROIs' box, white outside")
     where.add_argument("--region", help="x,y,w,h in level-0 pixels of the slide")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (diffusion models)")
-    p.add_argument("--batch-size", type=int, default=8, help="tiles per model call (default 8)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mpp", type=float, default=None,
+    p.add_argument("--steps", type=opt.positive_int, default=None, help="sampling steps (diffusion models)")
+    p.add_argument("--batch-size", type=opt.positive_int, default=8, help="tiles per model call (default 8)")
+    p.add_argument("--seed", type=opt.seed_int, default=0)
+    p.add_argument("--mpp", type=opt.mpp_float, default=None,
                    help="microns per pixel of the slide when its file does not record it")
-    p.add_argument("--work-mpp", type=float, default=None,
+    p.add_argument("--work-mpp", type=opt.mpp_float, default=None,
                    help="microns per pixel to translate at (default: what the run was trained at)")
-    p.add_argument("--tile", type=int, default=512, help="tile size at the working mpp (default 512)")
-    p.add_argument("--overlap", type=int, default=64, help="tile overlap for blending (default 64)")
+    p.add_argument("--tile", type=opt.positive_int, default=512, help="tile size at the working mpp (default 512)")
+    p.add_argument("--overlap", type=opt.non_negative_int, default=64, help="tile overlap for blending (default 64)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto: bf16 on CUDA that supports it, else fp32")
-    p.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: best)")
+    p.add_argument("--device", type=opt.device, default=None, help="cuda, cuda:1, mps or cpu (default: best)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     c = p.add_argument_group("confidence maps")
     c.add_argument("--confidence", action="store_true",

@@ -13,10 +13,12 @@ Every problem (missing folder, unpaired file) is a UserError naming the files.
 from __future__ import annotations
 
 import csv
+import io
 import re
 from pathlib import Path
 
 from her2core.errors import UserError
+from her2core.util.safe_io import read_text
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 LAYOUTS = ("her2match", "bci", "ab", "manifest")
@@ -89,10 +91,10 @@ def _check_split(root: Path, split: str, available: list[str]) -> None:
 
 
 def read_manifest(path: Path) -> list[dict]:
+    text = read_text(path, "manifest CSV")
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        rows = list(csv.DictReader(io.StringIO(text)))
+    except csv.Error as exc:
         raise UserError(f"{path}: cannot read manifest CSV ({exc})") from None
     if rows and "name" not in rows[0]:
         raise UserError(f"{path}: manifest has no 'name' column")

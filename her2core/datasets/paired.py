@@ -16,28 +16,17 @@ from torch.utils.data import Dataset
 
 from her2core.datasets.layouts import detect_layout, list_pairs, read_include, read_scores
 from her2core.errors import UserError
+from her2core.slide.images import image_header, read_image
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """RGB uint8 (H, W, 3) of an image file, or a UserError naming it."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return np.array(im.convert("RGB"))
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise UserError(f"{path}: cannot read image ({exc}); replace or remove the file") from None
+    """RGB uint8 (H, W, 3) of an image file, or a UserError naming it (her2core.slide.images)."""
+    return read_image(path)
 
 
 def image_size(path: Path) -> tuple[int, int]:
     """(w, h) from the file header (cheap), or a UserError naming the file."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise UserError(f"{path}: cannot read image ({exc}); replace or remove the file") from None
+    return image_header(path)[1]
 
 
 def to_model_tensor(rgb: np.ndarray) -> torch.Tensor:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from her2core.errors import UserError
+from her2core.util.safe_io import read_csv_frame
 
 METRICS = ("ssim", "ms_ssim", "psnr", "lpips")
 DIST_METRICS = ("ssim", "psnr", "lpips")
@@ -44,10 +45,11 @@ def load_tables(eval_dirs, notes: list[str] | None = None) -> pd.DataFrame:  # n
         f = Path(d) / "per_image.csv" if Path(d).is_dir() else Path(d)
         if not f.is_file():
             raise UserError(f"{f}: no per_image.csv here; run `her2 evaluate` first")
-        df = pd.read_csv(f, dtype={c: str for c in IDENTITY}, keep_default_na=True)
-        missing = [c for c in REQUIRED if c not in df.columns]
-        if missing:
-            raise UserError(f"{f}: missing column(s) {', '.join(missing)}")
+        df = read_csv_frame(f, "per_image.csv", required=REQUIRED, dtype={c: str for c in IDENTITY},
+                            fix="run `her2 evaluate` again into that folder")
+        if df.empty:
+            raise UserError(f"{f}: per_image.csv has no rows; run `her2 evaluate` again into "
+                            "that folder")
         if "test_set" not in df.columns:
             df["test_set"] = ""
             old.append(str(f))

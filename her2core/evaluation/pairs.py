@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from her2core.errors import UserError
+from her2core.slide.images import image_header, read_image
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -53,19 +54,7 @@ def pair_folders(pred_dir: str | Path, target_dir: str | Path) -> list[tuple[str
 
 def read_rgb(path: str | Path) -> np.ndarray:
     """(H, W, 3) uint8 or a UserError saying what the file is instead."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            mode = im.mode
-            arr = np.asarray(im)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: cannot read image ({exc})") from None
-    if arr.ndim != 3 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
-        raise UserError(
-            f"{path}: not an RGB 8-bit image (mode {mode}, shape {arr.shape}, {arr.dtype}); convert it to RGB"
-        )
-    return arr
+    return read_image(path, convert_rgb=False)
 
 
 def read_pair(pred_path: Path, target_path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -80,17 +69,11 @@ def read_pair(pred_path: Path, target_path: Path) -> tuple[np.ndarray, np.ndarra
 
 def check_pairs(pairs: list[tuple[str, Path, Path]]) -> tuple[int, int]:
     """Read every header before any work: RGB 8-bit, one size per pair and per set; (h, w)."""
-    from PIL import Image
-
     size = None
     for _, p, t in pairs:
         dims = []
         for f in (p, t):
-            try:
-                with Image.open(f) as im:
-                    mode, wh = im.mode, im.size
-            except (OSError, ValueError) as exc:
-                raise UserError(f"{f}: cannot read image ({exc})") from None
+            mode, wh = image_header(f)
             if mode != "RGB":
                 raise UserError(f"{f}: not an RGB 8-bit image (mode {mode}); convert it to RGB")
             dims.append(wh)

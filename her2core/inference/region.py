@@ -26,6 +26,8 @@ from shapely.geometry.base import BaseGeometry
 from her2core.errors import UserError
 from her2core.inference.blend import AxisGrid
 from her2core.qupath.rois import rasterize
+from her2core.slide.base import MAX_SLIDE_PIXELS
+from her2core.slide.mpp import MPP_RANGE, plausible_mpp
 from her2core.slide.tissue import GLASS_MAX_SATURATION, glass_pixels
 
 #: The low-resolution tissue index calls a pixel glass only when it is greyer and brighter than
@@ -201,7 +203,16 @@ def plan_region(slide, *, work_mpp: float, tile: int, overlap: int,
     x, y = max(x, 0), max(y, 0)
     if x1 <= x or y1 <= y:
         raise UserError(f"region {list(region)} lies outside the slide ({sw} x {sh} px)")
-    return RegionPlan(x, y, x1 - x, y1 - y, float(mpp), float(work_mpp), int(tile), int(overlap),
+    if not plausible_mpp(float(work_mpp)):
+        raise UserError(f"--work-mpp {work_mpp:g}: microns per pixel must be within "
+                        f"{MPP_RANGE[0]:g}..{MPP_RANGE[1]:g}")
+    plan = RegionPlan(x, y, x1 - x, y1 - y, float(mpp), float(work_mpp), int(tile), int(overlap),
                       roi_wkb)
+    ow, oh = plan.out_size
+    if ow * oh > MAX_SLIDE_PIXELS:  # what an absurd --work-mpp against the slide's µm/px asks for
+        raise UserError(f"--work-mpp {work_mpp:g} on a {mpp:g} µm/px slide makes a {ow} x {oh} px "
+                        f"output, larger than any slide ({MAX_SLIDE_PIXELS:.3g} px); check "
+                        "--work-mpp and the slide's --mpp")
+    return plan
 
 

@@ -14,6 +14,7 @@ import torch
 
 from her2core.datasets.paired import image_size, read_rgb
 from her2core.errors import UserError
+from her2core.models.diffusion.common import pad_to_multiple
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -47,15 +48,37 @@ def translate_batch(framework, he_uint8, *, steps: int | None = None, seed: int 
     if _device_of(framework) != dev:
         framework.to(dev)
     x = torch.from_numpy(np.ascontiguousarray(arr)).to(dev).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    gen = torch.Generator(device=dev).manual_seed(int(seed))
-    with torch.no_grad():
-        y = framework.translate(x, steps=steps, generator=gen)
-    y = y.float()
+    y = _translate_same_size(framework, x, steps=steps, seed=int(seed), device=dev).float()
     if not bool(torch.isfinite(y).all()):
         raise UserError(f"{getattr(framework, 'name', 'the model')}: produced NaN/inf pixels; its weights "
                         "are damaged (retrain, or resume from an earlier checkpoint)")
     y = ((y.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
     return y.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _translate_same_size(framework, x: torch.Tensor, *, steps, seed: int, device) -> torch.Tensor:
+    """`framework.translate(x)` with the input's (H, W), whatever the network's size multiple.
+
+    A GAN generator with k stride-2 stages returns sizes rounded up to 2^k (a 130 x 97 tile
+    came back 132 x 100): then the tile is padded (reflect) to the smallest power-of-two
+    multiple the network gives back unchanged, and the output cropped. Tiles whose size the
+    network keeps are translated as they are (same bytes as before).
+    """
+    h, w = x.shape[-2:]
+    with torch.no_grad():
+        y = framework.translate(x, steps=steps, generator=torch.Generator(device=device).manual_seed(seed))
+        multiple = 4
+        while tuple(y.shape[-2:]) != (h, w):
+            if multiple > 512:
+                raise UserError(f"{type(framework).__name__}: returns {tuple(y.shape[-2:])} for a "
+                                f"{w} x {h} px tile; use tiles whose sides are multiples of 64")
+            padded, _ = pad_to_multiple(x, multiple)
+            gen = torch.Generator(device=device).manual_seed(seed)
+            y = framework.translate(padded, steps=steps, generator=gen)
+            if tuple(y.shape[-2:]) == tuple(padded.shape[-2:]):
+                y = y[..., :h, :w]
+            multiple *= 2
+    return y
 
 
 def translate_tile_folder(run_or_framework, in_dir, out_dir, *, steps: int | None = None, batch_size: int = 8,

@@ -43,6 +43,7 @@ from shapely.geometry.base import BaseGeometry
 from her2core.coords import apply_affine_xy, rc_to_xy, xy_to_rc
 from her2core.errors import UserError
 from her2core.util.atomic import write_text
+from her2core.util.safe_io import loads_json, read_text
 
 __all__ = [
     "Feature",
@@ -147,13 +148,7 @@ def read_features(path_or_obj: Any, *, repair: bool = True) -> list[Feature]:
     if isinstance(path_or_obj, (str, os.PathLike)) and not _looks_like_json(path_or_obj):
         p = Path(path_or_obj)
         source = str(p)
-        try:
-            text = p.read_text(encoding="utf-8-sig")
-        except FileNotFoundError:
-            raise UserError(f"{p}: file not found; give the path of a QuPath GeoJSON export") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UserError(f"{p}: cannot read ({exc}); give a UTF-8 GeoJSON file") from None
-        obj = _loads(text, source)
+        obj = _loads(read_text(p, "GeoJSON file"), source)
     elif isinstance(path_or_obj, str):
         obj = _loads(path_or_obj, source)
     return parse_features(obj, source=source, repair=repair)
@@ -164,11 +159,8 @@ def _looks_like_json(s: Any) -> bool:
 
 
 def _loads(text: str, source: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno}, column "
-                        f"{exc.colno}); export it again from QuPath as GeoJSON") from None
+    """Finite coordinates, bounded nesting, an object or list at the top (her2core.util.safe_io)."""
+    return loads_json(text, source, fix="export it again from QuPath as GeoJSON")
 
 
 def parse_features(obj: Any, *, source: str = "<GeoJSON>", repair: bool = True) -> list[Feature]:
@@ -257,6 +249,9 @@ def _parse_feature(f: Any, index: int, source: str, repair: bool) -> Feature:
 def _checked_geometry(geom: BaseGeometry, where: str, repair: bool) -> BaseGeometry:
     if geom.is_empty:
         raise UserError(f"{where}: geometry is empty; delete it or draw it again in QuPath")
+    if not np.isfinite(geom.bounds).all():
+        raise UserError(f"{where}: coordinates that are not finite (NaN or Infinity); export it "
+                        "again from QuPath")
     if geom.is_valid:
         return geom
     reason = shapely.is_valid_reason(geom)

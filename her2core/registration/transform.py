@@ -21,7 +21,6 @@ allow_pickle=False), its grid, and both slides' microns per pixel and sizes.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 from her2core.coords import apply_affine_xy
 from her2core.errors import UserError
 from her2core.util.atomic import atomic_path, write_json
+from her2core.util.safe_io import read_json, require_keys
 
 SCHEMA = "her2core.transform/1"
 
@@ -170,18 +170,28 @@ def load_transform(path: str | Path) -> Transform:
     path = Path(path)
     if path.is_dir():
         path = path / "transform.json"
-    try:
-        d = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: transform file not found; run `her2 register` first") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc.msg})") from None
+    if not path.exists():
+        raise UserError(f"{path}: transform file not found; run `her2 register` first")
+    fix = "run `her2 register` again"
+    d = read_json(path, "transform file", finite=False, fix=fix)  # info may hold NaN metrics
     if d.get("schema") != SCHEMA or "matrix" not in d:
         raise UserError(f"{path}: not a her2core transform (schema {d.get('schema')!r})")
+    require_keys(d, {"matrix": list, "he": dict, "her2": dict}, str(path), fix=fix)
+    try:
+        return _transform_from(d, path)
+    except (KeyError, TypeError, ValueError) as exc:  # a value of the wrong type or shape
+        raise UserError(f"{path}: malformed transform ({type(exc).__name__}: {exc}); "
+                        f"{fix}") from None
+
+
+def _transform_from(d: dict, path: Path) -> Transform:
     fld = None
     origin, spacing = (0.0, 0.0), 1.0
     if d.get("field"):
         f = d["field"]
+        if not isinstance(f.get("path"), str) or Path(f["path"]).name != f["path"]:
+            raise UserError(f"{path}: field path {f.get('path')!r} is not a file beside it; "
+                            "run `her2 register` again")
         fpath = path.parent / f["path"]
         try:
             fld = np.load(fpath, allow_pickle=False).astype(np.float32)

@@ -215,14 +215,19 @@ def real_case(out_dir, case_id: str = "cmu1_real", *, her2_score: int = 3, seed:
     return _write(Path(out_dir), case_id, he, her2, mpp, truth)
 
 
+#: Largest synthetic slide side: slides are rendered in memory (a 16384² RGB slide is 768 MiB).
+MAX_SIZE = 16384
+
+
 def check_options(*, cases: int, mode: str, size: int, mpp: float) -> None:
     """UserError for options `write_cases` cannot honour (checked before any work starts)."""
     if mode not in ("same", "consecutive", "both"):
         raise UserError(f"mode {mode!r}: use same, consecutive or both")
     if cases < 0:
         raise UserError(f"cases={cases}: must be 0 or more")
-    if size < 256:
-        raise UserError(f"size={size}: slides need at least 256 px a side")
+    if not (256 <= size <= MAX_SIZE):
+        raise UserError(f"size={size}: slides need 256 to {MAX_SIZE} px a side "
+                        f"(a {MAX_SIZE}² slide pair is already ~1.5 GiB in memory)")
     if not (0.05 <= mpp <= 5.0):
         raise UserError(f"mpp={mpp}: microns per pixel must be within 0.05..5")
 

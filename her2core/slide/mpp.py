@@ -16,6 +16,16 @@ import xml.etree.ElementTree as ET
 _INCH_UM = 25400.0
 _CM_UM = 1e4
 
+#: Plausible level-0 microns per pixel, [low, high]: from an oil-immersion 100x scan (~0.06) to a
+#: thumbnail-like overview. Outside it a value is a unit mistake (2.5e-6: metres taken for µm)
+#: whose pixel counts would hang registration or ask for petabytes; it is refused, not used.
+MPP_RANGE = (0.01, 100.0)
+
+
+def plausible_mpp(mpp: float) -> bool:
+    """Whether `mpp` is a finite level-0 µm/px within MPP_RANGE."""
+    return math.isfinite(mpp) and MPP_RANGE[0] <= mpp <= MPP_RANGE[1]
+
 
 def mpp_from_resolution(pixels_per_unit: float, unit) -> float | None:
     """µm/px from a TIFF XResolution and ResolutionUnit (2/'inch', 3/'centimeter').

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from her2core.errors import UserError
-from her2core.slide.base import Slide
+from her2core.slide.base import LevelView, Slide
 from her2core.slide.mpp import vendor_mpp
 
 _DEFAULT_TILE = 512
@@ -33,7 +33,7 @@ def import_openslide():
 
 
 class OpenSlideSlide(Slide):
-    """A slide read through OpenSlide; each level a lazy tile-chunked array (OpenSlideLevel)."""
+    """A slide read through OpenSlide; each level a lazy tile-chunked array (base.LevelView)."""
 
     backend = "openslide"
 
@@ -76,8 +76,8 @@ class OpenSlideSlide(Slide):
         # tiny vendor tiles make napari/dask graphs huge, whole-strip hints make chunks huge
         return (min(max(th, _DEFAULT_TILE), _MAX_CHUNK), min(max(tw, _DEFAULT_TILE), _MAX_CHUNK))
 
-    def level_array(self, level: int = 0) -> OpenSlideLevel:
-        return OpenSlideLevel(self, level)
+    def level_array(self, level: int = 0) -> LevelView:
+        return LevelView(self, level)
 
     def _read_block(self, level: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         ds = self.level_downsamples[level]
@@ -110,41 +110,3 @@ def _leica_description(path: Path, vendor: str) -> str | None:
             return t.pages[0].description
     except Exception:  # noqa: BLE001 - OpenSlide read it; no µm/px is the worst outcome
         return None
-
-
-class OpenSlideLevel:
-    """One OpenSlide level as a read-only array (row, col, channel) RGB uint8.
-
-    Has `shape`, `dtype`, `ndim` and `chunks` (the vendor's tiles), and slicing
-    reads only the region asked for, so `dask.array.from_array` over it is lazy.
-    """
-
-    dtype = np.dtype(np.uint8)
-    ndim = 3
-
-    def __init__(self, slide: OpenSlideSlide, level: int):
-        self._slide = slide
-        self.level = level
-        w, h = slide.level_dimensions[level]
-        self.shape = (h, w, 3)
-        self.chunks = (*slide.tile_size(level), 3)
-
-    def __getitem__(self, key) -> np.ndarray:
-        key = key if isinstance(key, tuple) else (key,)
-        key = key + (slice(None),) * (3 - len(key))
-        if any(not isinstance(k, slice) or k.step not in (None, 1) for k in key[:2]):
-            raise IndexError("OpenSlideLevel supports plain row/column slices only")
-        y0, y1, _ = key[0].indices(self.shape[0])
-        x0, x1, _ = key[1].indices(self.shape[1])
-        if y1 <= y0 or x1 <= x0:
-            block = np.zeros((max(y1 - y0, 0), max(x1 - x0, 0), 3), np.uint8)
-        else:
-            block = self._slide._read_block(self.level, x0, y0, x1, y1)
-        return block[:, :, key[2]]
-
-    def __array__(self, dtype=None, copy=None):
-        a = self[:, :]
-        return a if dtype is None else a.astype(dtype)
-
-    def __len__(self) -> int:
-        return self.shape[0]

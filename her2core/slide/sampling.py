@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from her2core.slide.base import SHRINK_ABOVE_PIXELS
+
 
 def level_coords(xy0: np.ndarray, downsample: float) -> np.ndarray:
     """Level-0 pixel-centre coordinates -> coordinates in a level downsampled by `downsample`."""
@@ -42,13 +44,22 @@ def sample_rgb(slide, xy: np.ndarray, out_mpp: float, *, cval: int = 255) -> np.
     x0, y0, x1, y1 = max(x0, -4), max(y0, -4), min(x1, lw + 4), min(y1, lh + 4)
     if x1 <= x0 or y1 <= y0:
         return out
-    block = slide.read_region((x0 * ds, y0 * ds), level, (x1 - x0, y1 - y0), fill=cval).astype(np.float32)
     ratio = (out_mpp / mpp0) / ds
+    factor = int(ratio) if (x1 - x0) * (y1 - y0) > SHRINK_ABOVE_PIXELS and ratio >= 2 else 1
+    if factor > 1:  # a large box of a slide without a coarse enough level: shrink band by band
+        block = slide.read_shrunk((x0 * ds, y0 * ds), level, (x1 - x0, y1 - y0), factor,
+                                  fill=cval).astype(np.float32)
+        ratio /= factor
+        rows = (lc[..., 1] - y0 - (factor - 1) / 2) / factor  # block j is centred on j·f + (f-1)/2
+        cols = (lc[..., 0] - x0 - (factor - 1) / 2) / factor
+    else:
+        block = slide.read_region((x0 * ds, y0 * ds), level, (x1 - x0, y1 - y0),
+                                  fill=cval).astype(np.float32)
+        rows = lc[..., 1] - y0
+        cols = lc[..., 0] - x0
     if ratio > 1.2:
         sigma = 0.5 * np.sqrt(ratio ** 2 - 1.0)
         block = gaussian_filter(block, sigma=(sigma, sigma, 0), mode="nearest")
-    rows = lc[..., 1] - y0
-    cols = lc[..., 0] - x0
     for k in range(3):
         ch = map_coordinates(block[..., k], [rows, cols], order=1, mode="constant", cval=float(cval))
         out[..., k] = np.clip(np.rint(ch), 0, 255).astype(np.uint8)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from her2core.errors import UserError
-from her2core.slide.base import Slide, to_rgb
+from her2core.slide.base import LevelView, Slide, to_rgb
 from her2core.slide.mpp import mpp_from_resolution
 
 _UNIT_TO_UM = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6, "Å": 1e-4}
@@ -42,11 +42,13 @@ class TiffSlide(Slide):
             raise UserError(f"{self.path}: cannot read as a TIFF slide ({exc}); the file is "
                             "truncated or damaged, or not an OME-TIFF, SVS or tiled TIFF") from None
         self._arrays = []
+        try:
+            self._layouts = [_layout(self.path, lvl.axes, lvl.shape) for lvl in levels]
+        except UserError:
+            self._tif.close()
+            raise
         for lvl in levels:
             shape = dict(zip(lvl.axes, lvl.shape))
-            if "Y" not in shape or "X" not in shape:
-                self._tif.close()
-                raise UserError(f"{self.path}: not a 2-D image (axes {lvl.axes})")
             self.level_dimensions.append((shape["X"], shape["Y"]))
         try:
             for i in range(len(levels)):
@@ -57,7 +59,30 @@ class TiffSlide(Slide):
         w0, h0 = self.level_dimensions[0]
         self.level_downsamples = [(w0 / w + h0 / h) / 2 for (w, h) in self.level_dimensions]
         meta_mpp, self.origin_xy, self.properties = self._read_metadata()
-        self._set_mpp(meta_mpp, mpp)
+        try:
+            self._set_mpp(meta_mpp, mpp)
+        except UserError:
+            self._tif.close()
+            raise
+        self._float_scale = self._decide_float_scale(series.dtype)
+
+    def _decide_float_scale(self, dtype) -> float:
+        """255 when float pixels are [0, 1] data, 1 when they are [0, 255]: once per slide.
+
+        From the SMaxSampleValue tag when the writer recorded it, else from the maximum of the
+        smallest level when it is small (<= 2048² px), else the float-image convention [0, 1].
+        """
+        if not np.issubdtype(np.dtype(dtype), np.floating):
+            return 255.0
+        tag = self._tif.pages[0].tags.get("SMaxSampleValue")
+        if tag is not None:
+            top = float(np.max(tag.value))
+            return 255.0 if top <= 1.0 else 1.0
+        w, h = self.level_dimensions[-1]
+        if w * h <= 2048 * 2048:
+            top = float(np.nanmax(self._level_block(len(self._arrays) - 1, 0, 0, w, h)))
+            return 255.0 if top <= 1.0 else 1.0
+        return 255.0
 
     def _read_metadata(self) -> tuple[float | None, tuple[float, float], dict]:
         tif = self._tif
@@ -90,16 +115,37 @@ class TiffSlide(Slide):
         return mpp, origin, props
 
     def level_array(self, level: int = 0):
-        """The lazy zarr array of `level`, axes (row, col, channel)."""
-        return self._arrays[level]
+        """A lazy array of `level`, axes (row, col, channel): the zarr array itself for
+        (row, col[, channel]) uint8 TIFFs, else a view that converts each read (planar,
+        grey + alpha, float, single Z plane)."""
+        arr = self._arrays[level]
+        if self._layouts[level][1] and arr.dtype == np.uint8:
+            return arr
+        return LevelView(self, level)
+
+    def tile_size(self, level: int) -> tuple[int, int]:
+        """(h, w) of the TIFF's tiles (zarr chunks) at `level`."""
+        axes = self._layouts[level][0]
+        chunks = dict(zip(axes, self._arrays[level].chunks))
+        return (min(chunks["Y"], 4096), min(chunks["X"], 4096))
+
+    def _level_block(self, level: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        """Raw pixels (rows, cols[, channels]) of `level` in its own dtype."""
+        axes = self._layouts[level][0]
+        index = tuple(slice(y0, y1) if a == "Y" else slice(x0, x1) if a == "X" else
+                      slice(None) if a in "SC" else 0 for a in axes)
+        try:
+            block = np.asarray(self._arrays[level][index])
+        except Exception as exc:  # noqa: BLE001 - tiles past the end of a truncated file
+            first = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+            raise UserError(f"{self.path}: cannot read level {level} ({type(exc).__name__}: "
+                            f"{first}); the file is truncated or damaged, copy it again") from None
+        kept = [a for a in axes if a in "YXSC"]
+        order = [kept.index(a) for a in ("Y", "X", "S", "C") if a in kept]
+        return np.transpose(block, order) if order != list(range(len(kept))) else block
 
     def _read_block(self, level: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-        try:
-            block = np.asarray(self._arrays[level][y0:y1, x0:x1])
-        except Exception as exc:  # noqa: BLE001 - tiles past the end of a truncated file
-            raise UserError(f"{self.path}: cannot read level {level} ({exc}); the file is "
-                            "truncated or damaged, copy it again") from None
-        return to_rgb(block)
+        return to_rgb(self._level_block(level, x0, y0, x1, y1), self._float_scale)
 
     def close(self) -> None:
         self._tif.close()
@@ -115,6 +161,33 @@ def quiet_tifffile():
         yield
     finally:
         log.setLevel(level)
+
+
+def _layout(path: Path, axes: str, shape: tuple) -> tuple[str, bool]:
+    """(axes, whether they are plain (row, col[, channel])) of a level, or one UserError.
+
+    Planar RGB (channels first) and grey + alpha are read; a Z-stack, time series or
+    multichannel (fluorescence) image is refused: her2 reads one brightfield RGB plane.
+    """
+    dims = dict(zip(axes, shape))
+    if "Y" not in dims or "X" not in dims:
+        raise UserError(f"{path}: not a 2-D image (axes {axes})")
+    chan = [a for a in axes if a in "SC" and dims[a] > 1]
+    if len(chan) > 1 or (chan and dims[chan[0]] > 4):
+        n = "x".join(str(dims[a]) for a in chan)
+        raise UserError(f"{path}: {n} channels (axes {axes}); her2 reads brightfield RGB, not "
+                        "multichannel images: export an RGB image")
+    extra = {a: n for a, n in dims.items() if a not in "YXSC" and n > 1}
+    if extra:
+        what = ", ".join(f"{n} {_AXIS_NAMES.get(a, a)}" for a, n in extra.items())
+        raise UserError(f"{path}: a stack of {what} (axes {axes}); her2 reads one 2-D RGB plane: "
+                        "export a single plane (e.g. Fiji: Image > Stacks > Z Project)")
+    kept = [a for a in axes if a in "YXSC"]
+    plain = kept == ["Y", "X"] or (kept[:2] == ["Y", "X"] and dims[kept[-1]] in (3, 4))
+    return axes, plain
+
+
+_AXIS_NAMES = {"Z": "Z planes", "T": "time points", "Q": "planes", "I": "images", "R": "tiles"}
 
 
 def _mpp_from_tags(page) -> float | None:

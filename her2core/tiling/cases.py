@@ -29,6 +29,7 @@ from pathlib import Path
 from her2core.errors import UserError
 from her2core.tiling.splits import score_label
 from her2core.util.atomic import write_text
+from her2core.util.safe_io import read_text
 
 _SCORES = {"0", "1+", "2+", "3+"}
 _PATH_COLUMNS = ("he", "her2_registered", "her2", "transform", "rois")
@@ -70,16 +71,16 @@ def read_cases_csv(path: str | Path, *, paired: bool = True) -> list[Case]:
     `paired=True` for `her2 tile` (HER2 slide and score per row), False for `her2 batch`.
     """
     path = Path(path)
+    text = read_text(path, "cases CSV")
     try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise UserError(f"{path}: cases CSV not found") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a folder; give the cases CSV file") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 text; save the cases CSV as UTF-8") from None
-    lines = list(csv.reader(io.StringIO(text)))
-    header = [c.strip().lower() for c in (lines[0] if lines else [])]
+        lines = list(csv.reader(io.StringIO(text)))
+    except csv.Error as exc:
+        raise UserError(f"{path}: not a readable CSV ({exc}); save the cases CSV as UTF-8 "
+                        "comma-separated text") from None
+    if not lines or not any(c.strip() for c in lines[0]):
+        raise UserError(f"{path}: the cases CSV is empty (no header row); see "
+                        f"`her2 {'tile' if paired else 'batch'} --help`")
+    header = [c.strip().lower() for c in lines[0]]
     rename = {}
     if "he" not in header and "slide" in header:
         rename = _OLD_BATCH_COLUMNS

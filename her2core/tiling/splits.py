@@ -9,13 +9,13 @@ splits; `save_splits` / `load_splits` pin them explicitly (`her2 tile --splits F
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from her2core.errors import UserError
 from her2core.util.atomic import write_json
+from her2core.util.safe_io import loads_json, read_text
 
 SPLITS = ("train", "val", "test")
 
@@ -62,10 +62,7 @@ def save_splits(path: str | Path, splits: dict[str, str]) -> None:
 def load_splits(path: str | Path) -> dict[str, str]:
     """Read a splits file: JSON {"splits": {case: split}} (or a bare mapping), or CSV `case,split`."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UserError(f"{path}: splits file not found") from None
+    text = read_text(path, "splits file")
     if path.suffix.lower() == ".csv":
         import csv
         import io
@@ -75,10 +72,7 @@ def load_splits(path: str | Path) -> dict[str, str]:
             raise UserError(f"{path}: a splits CSV needs the columns case,split")
         data = {r["case"]: r["split"].strip() for r in rows}
     else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}: not valid JSON ({exc.msg})") from None
+        data = loads_json(text, str(path))
         data = data.get("splits", data) if isinstance(data, dict) else None
         if not isinstance(data, dict):
             raise UserError(f"{path}: expected {{\"splits\": {{case: split}}}}")

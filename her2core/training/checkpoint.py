@@ -25,8 +25,11 @@ import torch
 
 from her2core.errors import UserError
 from her2core.util.atomic import atomic_path, write_json
+from her2core.util.safe_io import read_json, require_keys
 
 LATEST = "latest.json"
+LATEST_FIX = "resume from an older checkpoint (write its name into latest.json)"
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 BEST = "best.json"
 
 
@@ -86,10 +89,10 @@ def read_best(ckpt_dir: Path) -> dict | None:
     path = ckpt_dir / BEST
     if not path.is_file():
         return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc.msg}); delete it to use the latest checkpoint") from None
+    record = read_json(path, "best-checkpoint record", finite=False,
+                       fix="delete it to use the latest checkpoint")
+    require_keys(record, {"step": int}, str(path), fix="delete it to use the latest checkpoint")
+    return record
 
 
 def write_best(ckpt_dir: Path, record: dict) -> None:
@@ -102,40 +105,58 @@ def find(ckpt_dir: Path, step: int | None = None) -> tuple[Path, dict]:
         latest = ckpt_dir / LATEST
         if not latest.exists():
             raise UserError(f"{ckpt_dir.parent}: no checkpoint yet (missing {latest.name})")
-        name = json.loads(latest.read_text())["name"]
-        if not isinstance(name, str) or not re.fullmatch(r"step_\d{8}", name):
-            # never a path: latest.json must not point outside the run folder
-            raise UserError(f"{latest}: names {name!r}, not a checkpoint of this run (step_NNNNNNNN); "
-                            "the run folder is damaged: fix or delete latest.json")
+        fix = f"delete it and {LATEST_FIX}"
+        pointer = read_json(latest, "latest-checkpoint pointer", finite=False, fix=fix)
+        name = require_keys(pointer, {"name": str}, str(latest), fix=fix)["name"]
+        if not _PLAIN_NAME.fullmatch(name) or name.startswith("."):
+            raise UserError(f"{latest}: names {name!r}, not a checkpoint of this folder; {fix}")
     else:
         name = ckpt_name(step)
     weights, record = ckpt_dir / f"{name}.safetensors", ckpt_dir / f"{name}.json"
     if not weights.exists() or not record.exists():
         have = sorted(p.stem for p in ckpt_dir.glob("step_*.json"))
         raise UserError(f"{ckpt_dir}: no checkpoint {name}; available: {', '.join(have) or 'none'}")
-    return weights, json.loads(record.read_text())
+    meta = read_json(record, "checkpoint record", finite=False,
+                     fix="the checkpoint is damaged; delete the pair and resume from an older one")
+    return weights, meta
 
 
 def load_weights(framework, weights: Path, device=None) -> None:
-    from safetensors.torch import load_file
 
-    tensors = load_file(str(weights), device=str(device) if device is not None else "cpu")
+    tensors = read_tensors(weights, device)
     model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     bad = [k for k, v in model.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise UserError(f"{weights}: {len(bad)} of {len(model)} tensors hold NaN/inf (e.g. {bad[0]}); "
                         "the checkpoint is damaged: resume or load an earlier one")
-    missing, unexpected = framework.load_state_dict(model, strict=False)
+    try:
+        missing, unexpected = framework.load_state_dict(model, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape: torch lists every one, keep the first
+        first = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln),
+                     str(exc).splitlines()[0])
+        raise UserError(f"{weights}: does not fit {framework.name} with this config ({first[:200]}); "
+                        "was it written with other settings or by another version?") from None
     if missing or unexpected:
         raise UserError(f"{weights}: does not fit {framework.name} with this config "
                         f"(missing {len(missing)}, unexpected {len(unexpected)} tensors, e.g. "
                         f"{(missing or unexpected)[0]}); was it written by another version?")
 
 
-def load_training_state(weights: Path, record: dict, optimizers: dict, scaler, device) -> None:
+def read_tensors(weights: Path, device=None) -> dict:
+    """The tensors of a safetensors file, or one UserError when it is random, truncated or not one."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    tensors = {k: v for k, v in load_file(str(weights)).items() if k.startswith("optim.")}
+    try:
+        return load_file(str(weights), device=str(device) if device is not None else "cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{weights}: not a readable safetensors checkpoint ({str(exc)[:120]}); the "
+                        "file is truncated or damaged: delete the pair, or copy it again") from None
+
+
+def load_training_state(weights: Path, record: dict, optimizers: dict, scaler, device) -> None:
+
+    tensors = {k: v for k, v in read_tensors(weights).items() if k.startswith("optim.")}
     for name, (opt, sched) in optimizers.items():
         if name not in record["optimizers"]:
             raise UserError(f"{weights}: no state for optimiser '{name}'")

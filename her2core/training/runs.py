@@ -18,12 +18,12 @@ eval mode; inference then uses the EMA weights where the framework keeps any.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from her2core.errors import UserError
+from her2core.util.safe_io import read_json, require_keys
 
 RUN_FORMAT = "her2-run/1"
 
@@ -33,12 +33,13 @@ def read_run(run_dir) -> dict:
     path = run_dir / "run.json"
     if not path.is_file():
         raise UserError(f"{run_dir}: not a training run (no run.json); give the --out folder of `her2 train`")
-    try:
-        run = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc.msg}); the run folder is damaged") from None
+    fix = "the run folder is damaged; train it again or restore run.json"
+    run = read_json(path, "run record", finite=False, fix=fix)
     if run.get("format") != RUN_FORMAT:
         raise UserError(f"{path}: not a her2 training run (format {run.get('format')!r})")
+    require_keys(run, {"framework": str, "model_config": dict}, str(path), fix=fix)
+    if not isinstance(run.get("train_config", {}), dict):
+        require_keys(run, {"train_config": dict}, str(path), fix=fix)
     return run
 
 

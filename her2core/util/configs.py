@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 from her2core.errors import UserError
+from her2core.util.safe_io import read_json
 
 T = TypeVar("T")
 
@@ -48,10 +48,5 @@ def save(cfg: Any, path: str | Path) -> None:
 
 def load(cls: type[T], path: str | Path) -> T:
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: config file not found") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    data = read_json(path, "config file")
     return from_dict(cls, data, source=str(path))
