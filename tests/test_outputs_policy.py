@@ -423,5 +423,5 @@ def test_latest_json_pointing_outside_the_run_is_refused(tmp_path):
     save_file({"x": torch.zeros(1)}, str(tmp_path / "elsewhere.safetensors"))
     (tmp_path / "elsewhere.json").write_text('{"step": 1, "framework": "convnet"}')
     (ckpts / "latest.json").write_text(json.dumps({"step": 1, "name": "../../elsewhere"}))
-    with pytest.raises(UserError, match="not a checkpoint of this run"):
+    with pytest.raises(UserError, match="not a checkpoint of this folder"):
         checkpoint.find(ckpts)
