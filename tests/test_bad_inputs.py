@@ -481,9 +481,8 @@ def test_single_level_slide_is_never_read_whole(tmp_path):
 def test_tissue_mask_of_a_single_level_slide_reads_band_by_band(tmp_path):
     import tracemalloc
 
-    from her2core.slide.tissue import TissueConfig, detect_tissue
-
     from her2core.slide import open_slide
+    from her2core.slide.tissue import TissueConfig, detect_tissue
 
     side = 12288  # the whole box as float32 was 1.7 GiB
     with open_slide(single_level_tiff(tmp_path / "flat.tif", side)) as s:

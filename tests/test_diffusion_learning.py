@@ -60,7 +60,7 @@ def test_ddib_same_model_reconstructs_and_two_single_stain_runs_translate(data, 
     """Each DDIB model trains alone (as from an unpaired folder); the H&E model's encode-decode
     reconstructs its input (the exact reverse ODE: decode without clipping), and the two runs,
     combined, translate end to end (upstream decode with clipping)."""
-    from her2core.models.ddib import DDIB
+    from her2core.training.runs import combine_ddib_runs
 
     root, he, _ihc, _ = data
     he_run, ihc_run = tmp_path / "ddib_he", tmp_path / "ddib_ihc"
@@ -70,7 +70,7 @@ def test_ddib_same_model_reconstructs_and_two_single_stain_runs_translate(data, 
     psnr = 10 * math.log10(4.0 / ((rec - x) ** 2).mean().item())  # range [-1, 1]: peak-to-peak 2
     assert psnr >= 30.0, psnr
     _train("ddib", root, ihc_run, 20, domains=("ihc",))
-    fw = DDIB.combine(he_run, ihc_run)
+    fw = combine_ddib_runs(he_run, ihc_run)
     assert torch.equal(fw.ema_he.out[2].weight, fw_he.ema_he.out[2].weight)
     out = fw.translate(x[:2], steps=10)
     assert out.shape == x[:2].shape and torch.isfinite(out).all() and out.abs().max() <= 1

@@ -18,9 +18,10 @@ import torch
 
 from her2core.cli import main
 from her2core.errors import UserError
-from her2core.models.importing import convert_checkpoints, import_checkpoint, importer
+from her2core.models.importing import convert_checkpoints, importer
 from her2core.models.importing.core import DROP, sub_state, to_reference
 from her2core.training import load_run
+from her2core.training.import_run import import_checkpoint
 
 FIXTURES = Path(__file__).parent / "fixtures" / "reference_keys"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}

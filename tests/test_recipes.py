@@ -65,7 +65,7 @@ def test_consistency_paper_schedule_follows_the_run_and_its_ema_forgets_the_init
 def test_consistency_ema_update_uses_the_resolved_rate():
     """The shadow after k real updates holds rate^k of its start (cheap: k = 40, not 2k steps)."""
     from her2core.models.consistency import ConsistencyModel
-    from her2core.models.diffusion.common import ema_update
+    from her2core.models.ema import ema_update
     from her2core.util.configs import replace
 
     model = ConsistencyModel(replace(ConsistencyModel.preset("paper"), unet=_tiny_unet(6), loss="l2"))
@@ -165,7 +165,7 @@ def _ema_pytorch_0_0_10(shadow, online, step, beta, after, every, power):
 
 def test_bcistainer_ema_is_ema_pytorch_every_step_power_one_with_bn_statistics():
     from her2core.models.bcistainer import BCIStainer
-    from her2core.training.ema import EMA
+    from her2core.models.ema import EMA
 
     c = BCIStainer.preset("paper")
     assert (c.ema_beta, c.ema_after, c.ema_every, c.ema_power) == (0.99, 100, 1, 1.0)

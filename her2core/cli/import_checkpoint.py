@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from her2core.cli.train import _overrides
-    from her2core.models.importing import import_checkpoint
+    from her2core.training.import_run import import_checkpoint
 
     out = import_checkpoint(args.framework, args.checkpoint, args.out, preset=args.preset,
                             overrides=_overrides(args.set), mpp=args.mpp, overwrite=args.overwrite)

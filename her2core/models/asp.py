@@ -148,7 +148,7 @@ class ASP(Framework):
         return {"G": self.G, "F": self.F, "D": self.D}
 
     def make_optimizers(self, total_steps, steps_per_epoch):
-        from her2core.training.schedules import adam_linear_decay
+        from her2core.models.schedules import adam_linear_decay
 
         return adam_linear_decay({"D": self.D, "G": self.G, "F": self.F}, self.config, total_steps)
 

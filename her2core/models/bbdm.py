@@ -30,7 +30,6 @@ from her2core.models.base import PRECISION_NOTE, Framework, StepContext
 from her2core.models.diffusion.bridge import BrownianBridge
 from her2core.models.diffusion.common import (
     PlateauOnLoss,
-    ema_update,
     eval_mode,
     frozen_copy,
     in_chunks,
@@ -38,6 +37,7 @@ from her2core.models.diffusion.common import (
     resized,
 )
 from her2core.models.diffusion.unet import UNet, UNetConfig
+from her2core.models.ema import ema_update
 
 
 def _paper_unet() -> UNetConfig:

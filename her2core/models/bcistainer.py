@@ -213,7 +213,7 @@ class BCIStainer(Framework):
 
     def __init__(self, config: BCIStainerConfig):
         super().__init__(config)
-        from her2core.training.ema import EMA
+        from her2core.models.ema import EMA
 
         c = config
         self.G = init_weights(StainerGenerator(c), "normal", c.init_gain)
@@ -234,7 +234,7 @@ class BCIStainer(Framework):
         return {"G": self.G_ema.model}
 
     def make_optimizers(self, total_steps, steps_per_epoch):
-        from her2core.training.schedules import warmup_cosine
+        from her2core.models.schedules import warmup_cosine
 
         c = self.config
         out = {}

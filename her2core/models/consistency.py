@@ -38,7 +38,6 @@ from torch import nn
 from her2core.models.base import PRECISION_NOTE, Framework, StepContext
 from her2core.models.diffusion import karras
 from her2core.models.diffusion.common import (
-    ema_update,
     eval_mode,
     frozen_copy,
     in_chunks,
@@ -46,6 +45,7 @@ from her2core.models.diffusion.common import (
     resized,
 )
 from her2core.models.diffusion.unet import UNet, UNetConfig
+from her2core.models.ema import ema_update
 
 REFERENCE_STEPS = 1_000_000  # scripts/launch.sh:41 (CT LSUN-256: --total_training_steps 1000000)
 REFERENCE_EMA_RATE = 0.9999432189950708  # scripts/launch.sh:41 (--ema_rate ...,0.9999432189950708)
@@ -239,9 +239,9 @@ class ConsistencyModel(Framework):
         self._teacher = teacher.eval().requires_grad_(False)
 
     def _targets(self, he, ihc):
-        if self._teacher is None and self.config.distill_from:
-            from her2core.training import load_run
-            self.attach_teacher(load_run(self.config.distill_from).to(he.device))
+        if self._teacher is None and self.config.distill_from:  # the training engine attaches it
+            raise RuntimeError(f"distill_from={self.config.distill_from!r}: no teacher attached; "
+                               "call attach_teacher(load_run(...)) before training")
         if self._teacher is None:
             return ihc
         return self._teacher.translate(he, steps=self.config.teacher_steps).to(ihc.dtype)

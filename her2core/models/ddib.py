@@ -13,7 +13,7 @@ Tiles are resized to `image_size` (the whole tile, as guided-diffusion's loader)
 Pairs are never used: each model learns its own stain, so the two can be trained from
 unpaired folders. `domains` selects which model(s) a run trains; a batch missing a stain
 key (an unpaired loader) trains only the models whose stain it carries.
-`DDIB.combine(he_model_run, ihc_model_run)` joins two single-stain runs.
+`training.runs.combine_ddib_runs(he_model_run, ihc_model_run)` joins two single-stain runs.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from torch import nn
 
 from her2core.models.base import PRECISION_NOTE, Framework, StepContext
 from her2core.models.diffusion.common import (
-    ema_update,
     eval_mode,
     frozen_copy,
     in_chunks,
@@ -34,6 +33,7 @@ from her2core.models.diffusion.common import (
 )
 from her2core.models.diffusion.ddim import GaussianDiffusion
 from her2core.models.diffusion.unet import UNet, UNetConfig
+from her2core.models.ema import ema_update
 
 STAINS = ("he", "ihc")
 
@@ -201,20 +201,19 @@ class DDIB(Framework):
         return resized(lambda x: in_chunks(run, x, self.config.sample_batch, multiple), he.float(), self.config)
 
     @classmethod
-    def combine(cls, he_run, ihc_run) -> DDIB:
-        """One DDIB from two single-stain runs (each trained on its own unpaired folder)."""
-        from her2core.training import load_run
+    def combine(cls, he_fw: DDIB, ihc_fw: DDIB, *, sources: tuple[str, str] = ("H&E run", "HER2 run")) -> DDIB:
+        """One DDIB from two single-stain models (each trained on its own unpaired folder);
+        `training.runs.combine_ddib_runs` loads them from their run folders."""
+        from her2core.errors import UserError
 
-        he_fw, ihc_fw = load_run(he_run), load_run(ihc_run)
-        for run, fw in ((he_run, he_fw), (ihc_run, ihc_fw)):
+        for source, fw in zip(sources, (he_fw, ihc_fw)):
             if not isinstance(fw, cls):
-                from her2core.errors import UserError
-                raise UserError(f"{run}: not a ddib run ({type(fw).__name__})")
+                raise UserError(f"{source}: not a ddib run ({type(fw).__name__})")
         from her2core.util.configs import replace
 
         if he_fw.config.unet != ihc_fw.config.unet:
-            from her2core.errors import UserError
-            raise UserError(f"{ihc_run}: its UNet settings differ from {he_run}'s; train both with one preset")
+            raise UserError(f"{sources[1]}: its UNet settings differ from {sources[0]}'s; train both "
+                            "with one preset")
         out = cls(replace(he_fw.config, domains=("he", "ihc")))
         out.unet_he.load_state_dict(he_fw.unet_he.state_dict())
         out.ema_he.load_state_dict(he_fw.ema_he.state_dict())

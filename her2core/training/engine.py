@@ -221,6 +221,11 @@ def _run(framework, cls, preset, tc, data_root, out, env, resume, progress, canc
     total = int(tc.max_steps) if tc.max_steps else math.ceil(res["epochs"] * steps_per_epoch)
 
     framework.to(device)
+    teacher = getattr(framework.config, "distill_from", None)  # distillation: a trained run
+    if teacher:
+        from her2core.training.runs import load_run
+
+        framework.attach_teacher(load_run(teacher, device=device))
     if env.active and device.type == "cuda" and tc.sync_batchnorm:
         for name in list(framework.networks()):
             setattr(framework, name, torch.nn.SyncBatchNorm.convert_sync_batchnorm(getattr(framework, name)))

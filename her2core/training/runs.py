@@ -104,3 +104,11 @@ def load_run(run_dir, device=None, step: int | None = None, model_name: str | No
     framework.run_info = {"run_dir": str(run_dir), "step": record["step"], "framework": run["framework"],
                           "preset": run.get("preset"), "selected": "val_psnr" if best else "latest"}
     return framework
+
+
+def combine_ddib_runs(he_run, ihc_run, device=None):
+    """One DDIB translating H&E -> HER2 from two single-stain DDIB runs (models.ddib.DDIB.combine)."""
+    from her2core.models.ddib import DDIB
+
+    return DDIB.combine(load_run(he_run, device=device), load_run(ihc_run, device=device),
+                        sources=(str(he_run), str(ihc_run)))

@@ -22,18 +22,6 @@ def frozen_copy(module: nn.Module) -> nn.Module:
     return shadow
 
 
-@torch.no_grad()
-def ema_update(shadow: nn.Module, model: nn.Module, decay: float) -> None:
-    """shadow <- decay * shadow + (1 - decay) * model (decay 0 copies). Buffers are copied."""
-    for s, p in zip(shadow.parameters(), model.parameters()):
-        if decay == 0.0:
-            s.copy_(p.detach())
-        else:
-            s.lerp_(p.detach().to(s.dtype), 1.0 - decay)
-    for s, b in zip(shadow.buffers(), model.buffers()):
-        s.copy_(b)
-
-
 def extract(values: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
     """values[t] shaped (N, 1, 1, ...) for broadcasting against an ndim tensor."""
     out = values.to(t.device)[t]

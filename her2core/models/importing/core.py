@@ -11,7 +11,7 @@ does not fit, or one of our tensors left without a reference tensor is a `UserEr
 naming the first such key — never a silent positional match.
 
 Writing: the run folder is the one training writes (run.json in the `her2-run/1` format and
-a step checkpoint through `her2core.training.checkpoint`), plus an `imported` record: source
+a step checkpoint, written by `her2core.training.import_run`), plus an `imported` record: source
 files with their sha256, the container entries used, the hyper-parameters assumed.
 """
 

@@ -1,8 +1,10 @@
-"""Exponential moving average of a network, with ema_pytorch's warm-up (BCIStainer uses it).
+"""Exponential moving averages of a network: the one lerp (`ema_update`) and, on top of it,
+ema_pytorch's warm-up schedule (`EMA`, which BCIStainer uses).
 
-The shadow copy and its step counter are submodule/buffer of the framework, so they are
-saved in checkpoints like any other weights. Frameworks call `update()` after their
-generator step; `model` is what inference uses.
+The diffusion frameworks keep their shadow networks themselves and call `ema_update` with the
+decay their reference code uses; `EMA` holds the shadow copy and its step counter as
+submodule/buffer of the framework, so they are saved in checkpoints like any other weights.
+Frameworks call `update()` after their generator step; `model` is what inference uses.
 """
 
 from __future__ import annotations
@@ -11,6 +13,23 @@ import copy
 
 import torch
 from torch import nn
+
+
+@torch.no_grad()
+def ema_update(shadow: nn.Module, model: nn.Module, decay: float, *, buffers: str = "copy") -> None:
+    """shadow <- decay * shadow + (1 - decay) * model (decay 0 copies). Buffers are copied
+    (`buffers="copy"`, the diffusion references), or floating-point buffers lerped and integer
+    ones copied (`"lerp"`, ema_pytorch)."""
+    for s, p in zip(shadow.parameters(), model.parameters()):
+        if decay == 0.0:
+            s.copy_(p.detach())
+        else:
+            s.lerp_(p.detach().to(s.dtype), 1.0 - decay)
+    for s, b in zip(shadow.buffers(), model.buffers()):
+        if buffers == "lerp" and s.is_floating_point() and decay != 0.0:
+            s.lerp_(b.detach().to(s.dtype), 1.0 - decay)
+        else:
+            s.copy_(b)
 
 
 class EMA(nn.Module):
@@ -47,11 +66,4 @@ class EMA(nn.Module):
         if step <= self.update_after_step:
             self.model.load_state_dict(online.state_dict())
             return
-        d = self.decay()
-        for e, o in zip(self.model.parameters(), online.parameters()):
-            e.lerp_(o.detach(), 1 - d)
-        for e, o in zip(self.model.buffers(), online.buffers()):
-            if e.is_floating_point():
-                e.lerp_(o.detach().to(e.dtype), 1 - d)
-            else:
-                e.copy_(o)
+        ema_update(self.model, online, self.decay(), buffers="lerp")
