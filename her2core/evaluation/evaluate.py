@@ -8,6 +8,7 @@ outputs atomically with every setting recorded.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -258,8 +259,8 @@ def _evaluate_run(run_dir, data_root, split, out_dir: Path, settings, *, progres
     for he, ihc, score in ds.pairs:  # one flat folder per side, linked by the H&E name
         for src, d in ((Path(he), he_dir), (Path(ihc), ihc_dir)):
             link = d / (Path(he).stem + src.suffix)
-            if not link.exists():
-                link.symlink_to(src.resolve())
+            if not link.exists():  # relative: the folder tree can be moved as a whole
+                link.symlink_to(os.path.relpath(src.resolve(), link.parent.resolve()))
         if score is not None and int(score) >= 0:
             labels[Path(he).stem] = int(score)
     virtual = out_dir / "virtual"

@@ -22,6 +22,16 @@ def _find(folder: Path, stem: str) -> Path | None:
     return None
 
 
+def _here(eval_dir: Path, recorded: str) -> Path:
+    """A folder set_metrics.json recorded, found again after the evaluation folder was moved:
+    a recorded path inside a folder of the evaluation's name is taken relative to `eval_dir`."""
+    p = Path(recorded)
+    if p.exists() or eval_dir.name not in p.parts:
+        return p
+    rest = p.parts[len(p.parts) - 1 - p.parts[::-1].index(eval_dir.name) + 1:]
+    return eval_dir.joinpath(*rest)
+
+
 def add_evaluation(rep: Report, eval_dir, he_dir=None, n_examples: int = 4) -> None:
     """Sections for one evaluation folder: set metrics, per-image summary, best/worst tiles."""
     import pandas as pd
@@ -40,8 +50,8 @@ def add_evaluation(rep: Report, eval_dir, he_dir=None, n_examples: int = 4) -> N
     sec.table(pd.DataFrame({"metric": num.columns, "mean": num.mean().values,
                             "sd": num.std().values, "min": num.min().values,
                             "max": num.max().values}))
-    pred_dir, target_dir = Path(sm["pred_dir"]), Path(sm["target_dir"])
-    he = Path(he_dir) if he_dir else (Path(sm["he_dir"]) if sm.get("he_dir") else None)
+    pred_dir, target_dir = _here(eval_dir, sm["pred_dir"]), _here(eval_dir, sm["target_dir"])
+    he = Path(he_dir) if he_dir else (_here(eval_dir, sm["he_dir"]) if sm.get("he_dir") else None)
     order = df.sort_values("ssim")
     picks = [("best", r) for r in order.iloc[::-1].head(n_examples).itertuples()]
     picks += [("worst", r) for r in order.head(n_examples).itertuples()]
