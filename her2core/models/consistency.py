@@ -45,7 +45,7 @@ from her2core.models.diffusion.common import (
     input_defaults,
     resized,
 )
-from her2core.models.diffusion.unet import UNet, UNetConfig
+from her2core.models.diffusion.unet import UNetConfig, build_unet
 
 REFERENCE_STEPS = 1_000_000  # scripts/launch.sh:41 (CT LSUN-256: --total_training_steps 1000000)
 REFERENCE_EMA_RATE = 0.9999432189950708  # scripts/launch.sh:41 (--ema_rate ...,0.9999432189950708)
@@ -174,7 +174,7 @@ class ConsistencyModel(Framework):
         super().__init__(config)
         if isinstance(config.karras, dict):  # tolerate a plain dict from hand-written JSON
             config.karras = karras.KarrasConfig(**config.karras)
-        self.unet = UNet(config.unet)
+        self.unet = build_unet(config.unet)
         self.target = frozen_copy(self.unet)  # the CT target network (adaptive EMA mu(k))
         self.unet_ema = frozen_copy(self.unet)  # the sampling EMA
         self._teacher: Framework | None = None

@@ -33,7 +33,7 @@ from her2core.models.diffusion.common import (
     resized,
 )
 from her2core.models.diffusion.ddim import GaussianDiffusion
-from her2core.models.diffusion.unet import UNet, UNetConfig
+from her2core.models.diffusion.unet import UNet, UNetConfig, build_unet
 
 STAINS = ("he", "ihc")
 
@@ -124,8 +124,8 @@ class DDIB(Framework):
         if bad or not config.domains:
             from her2core.errors import UserError
             raise UserError(f"ddib: domains must be a non-empty subset of {STAINS}, got {tuple(config.domains)}")
-        self.unet_he = UNet(config.unet)
-        self.unet_ihc = UNet(config.unet)
+        self.unet_he = build_unet(config.unet)
+        self.unet_ihc = build_unet(config.unet)
         self.ema_he = frozen_copy(self.unet_he)
         self.ema_ihc = frozen_copy(self.unet_ihc)
         self.diffusion = GaussianDiffusion(config.num_timesteps)
