@@ -55,7 +55,8 @@ def translate_batch(framework, he_uint8, *, steps: int | None = None, seed: int 
 
 
 def translate_tile_folder(run_or_framework, in_dir, out_dir, *, steps: int | None = None, batch_size: int = 8,
-                          seed: int = 0, progress: bool = True, device=None, overwrite: bool = False) -> Path:
+                          seed: int = 0, progress: bool = True, device=None, overwrite: bool = False,
+                          scheduler: str | None = None) -> Path:
     """One PNG per input tile in `out_dir`, same file names (suffix .png).
 
     Tiles already present in `out_dir` are kept unless `overwrite` (so a killed job resumes).
@@ -82,6 +83,8 @@ def translate_tile_folder(run_or_framework, in_dir, out_dir, *, steps: int | Non
         framework = load_run(run_or_framework, device=device or _default_device())
     else:
         framework = run_or_framework
+    if scheduler is not None:
+        framework.use_scheduler(scheduler)
     todo = [(i, p) for i, p in enumerate(files) if overwrite or not (out_dir / f"{p.stem}.png").exists()]
     bar = None
     if progress:

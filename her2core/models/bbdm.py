@@ -148,6 +148,7 @@ class BBDM(Framework):
     LEGACY = LEGACY
     family = "dm"
     config_class = BBDMConfig
+    SCHEDULERS = ("bridge",)  # diffusers' schedulers end at noise; the bridge ends at the H&E image
 
     @classmethod
     def presets(cls):

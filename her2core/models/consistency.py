@@ -156,6 +156,7 @@ class ConsistencyModel(Framework):
     LEGACY = LEGACY
     family = "dm"
     config_class = ConsistencyConfig
+    SCHEDULERS = ("multistep",)  # upstream's stochastic_iterative_sampler (onestep at one evaluation)
 
     @classmethod
     def presets(cls):

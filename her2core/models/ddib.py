@@ -32,7 +32,12 @@ from her2core.models.diffusion.common import (
     input_defaults,
     resized,
 )
-from her2core.models.diffusion.ddim import GaussianDiffusion
+from her2core.models.diffusion.ddim import (
+    DECODERS,
+    GaussianDiffusion,
+    diffusers_scheduler,
+    scheduler_decode,
+)
 from her2core.models.diffusion.unet import UNet, UNetConfig, build_unet
 
 STAINS = ("he", "ihc")
@@ -106,6 +111,7 @@ class DDIB(Framework):
     LEGACY = LEGACY
     family = "dm"
     config_class = DDIBConfig
+    SCHEDULERS = DECODERS  # the decode's sampler; the encode is always guided-diffusion's reverse DDIM
 
     @classmethod
     def presets(cls):
@@ -186,8 +192,12 @@ class DDIB(Framework):
         inverse of `encode` (which never clips), the one to use for cycle/reconstruction checks.
         """
         net = getattr(self, f"ema_{stain}")
+        steps = steps or self.config.decode_steps
         with eval_mode(net), torch.no_grad():
-            return self.diffusion.ddim_decode(net, z.float(), steps=steps or self.config.decode_steps, clip=clip)
+            if self.scheduler_name != "ddim":
+                sched = diffusers_scheduler(self.scheduler_name, self.config.num_timesteps, clip)
+                return scheduler_decode(net, z, sched, steps=steps)
+            return self.diffusion.ddim_decode(net, z.float(), steps=steps, clip=clip)
 
     @torch.no_grad()
     def translate(self, he, *, steps=None, generator=None):
