@@ -129,3 +129,17 @@ def test_the_unet_is_a_diffusers_unet2dmodel_and_exports(tmp_path):
     x, t = torch.randn(1, 3, 16, 16), torch.tensor([42.0])
     with torch.no_grad():
         assert torch.allclose(plain(x, t).sample, net(x, t), atol=1e-6)
+
+
+def test_memory_options_are_settings_recorded_with_the_run_and_old_configs_load():
+    from her2core.training.engine import _framework_config
+    from her2core.util.configs import from_dict, to_dict
+
+    cfg = _framework_config(BBDM, "tiny", {"unet.gradient_checkpointing": True, "unet.attention": "math"})
+    assert cfg.unet.gradient_checkpointing and cfg.unet.attention == "math"
+    assert to_dict(cfg)["unet"]["gradient_checkpointing"] is True  # what run.json's model_config holds
+    assert BBDM(cfg).unet.is_gradient_checkpointing
+    old = to_dict(BBDM.preset("tiny"))
+    del old["unet"]["gradient_checkpointing"], old["unet"]["attention"]  # a run.json from before
+    cfg = from_dict(BBDM.config_class, old, source="run.json")
+    assert not cfg.unet.gradient_checkpointing and cfg.unet.attention == "sdpa"
