@@ -99,3 +99,23 @@ def test_the_translator_records_the_scheduler():
     tr = load_translator(DDIB(DDIB.preset("tiny")), device="cpu", steps=4, scheduler="dpmsolver++")
     assert tr.describe()["scheduler"] == "dpmsolver++" and tr.describe()["steps"] == 4
     assert load_translator(BBDM(BBDM.preset("tiny")), device="cpu").describe()["scheduler"] == "bridge"
+
+
+def test_consistency_multistep_through_diffusers_cm_scheduler_equals_ours():
+    from her2core.models.consistency import ConsistencyModel
+
+    torch.manual_seed(0)
+    model = ConsistencyModel(ConsistencyModel.preset("tiny")).eval()
+    with torch.no_grad():
+        for p in model.unet_ema.parameters():
+            p.normal_(0, 0.05)  # a non-trivial network: the zero-initialised output would hide errors
+    he = torch.rand(2, 3, 16, 16) * 2 - 1
+    outs, calls = {}, []
+    hook = model.unet_ema.register_forward_pre_hook(lambda _m, a: calls.append(1))
+    for name in ("multistep", "cm-diffusers"):
+        model.use_scheduler(name)
+        calls.clear()
+        outs[name] = model.translate(he, steps=2, generator=torch.Generator().manual_seed(0))
+        assert len(calls) == 2  # upstream's NFE: len(ts) - 1
+    hook.remove()
+    assert (outs["multistep"] - outs["cm-diffusers"]).abs().max().item() < 1e-4

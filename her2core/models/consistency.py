@@ -156,7 +156,9 @@ class ConsistencyModel(Framework):
     LEGACY = LEGACY
     family = "dm"
     config_class = ConsistencyConfig
-    SCHEDULERS = ("multistep",)  # upstream's stochastic_iterative_sampler (onestep at one evaluation)
+    # upstream's stochastic_iterative_sampler (onestep at one evaluation): ours, or diffusers'
+    # CMStochasticIterativeScheduler (equal to float rounding; see karras.sample_cm_scheduler)
+    SCHEDULERS = ("multistep", "cm-diffusers")
 
     @classmethod
     def presets(cls):
@@ -279,8 +281,10 @@ class ConsistencyModel(Framework):
         ts = karras.multistep_ts(nfe, c.sample_grid, tuple(c.sample_ts))
         net = self.unet_ema
 
+        sampler = karras.sample_cm_scheduler if self.scheduler_name == "cm-diffusers" else karras.sample
+
         def run(cond):
-            return karras.sample(net, cond, c.karras, ts=ts, grid=c.sample_grid, generator=generator)
+            return sampler(net, cond, c.karras, ts=ts, grid=c.sample_grid, generator=generator)
 
         with eval_mode(net):
             return resized(lambda x: in_chunks(run, x, c.sample_batch, net.downsample_factor), he.float(), c)

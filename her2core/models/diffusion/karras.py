@@ -110,6 +110,34 @@ def sample(net, cond: torch.Tensor, k: KarrasConfig, *, ts: list[int], grid: int
     return x.clamp(-1, 1)
 
 
+@torch.no_grad()
+def sample_cm_scheduler(net, cond: torch.Tensor, k: KarrasConfig, *, ts: list[int], grid: int,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """`sample` through diffusers' `CMStochasticIterativeScheduler` (the same sampler, to float rounding).
+
+    diffusers counts grid indices from sigma_min (so the reference's ts go in reversed) and
+    evaluates the network at every timestep, the last one at sigma_min too, where the boundary
+    condition makes the consistency function the identity; upstream stops before it, so the
+    loop here does as well (NFE = len(ts) - 1 as upstream). x0 is not clipped between steps,
+    as `sample` (upstream's karras_sample clips each x0 when clip_denoised, its default).
+    """
+    from diffusers import CMStochasticIterativeScheduler
+
+    sched = CMStochasticIterativeScheduler(num_train_timesteps=grid, sigma_min=k.sigma_min, sigma_max=k.sigma_max,
+                                           sigma_data=k.sigma_data, rho=k.rho, clip_denoised=False)
+    n = cond.shape[0]
+    shape = (n, 3, *cond.shape[2:])
+    x = randn(shape, generator, cond.device) * sched.init_noise_sigma
+    if len(ts) == 1:
+        return denoise(net, x, torch.full((n,), k.sigma_max, device=cond.device), cond, k).clamp(-1, 1)
+    sched.set_timesteps(timesteps=list(reversed(ts)), device=cond.device)
+    for t in sched.timesteps[:-1]:
+        inp = torch.cat([sched.scale_model_input(x, t), cond.to(x.dtype)], dim=1)
+        out = net(inp, t.float().expand(n)).float()
+        x = sched.step(out, t, x.float(), generator=generator, return_dict=False)[0]
+    return x.clamp(-1, 1)
+
+
 def multistep_ts(nfe: int, grid: int, reference: tuple | None = None) -> list[int]:
     """Grid indices for `nfe` evaluations: the reference's tuned ts when its length fits, else evenly spaced."""
     if nfe <= 1:
