@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (diffusion models)")
     p.add_argument("--scheduler", default=None,
                    help="diffusion sampler (default: the reference's; DDIB: ddim, ddim-diffusers, "
-                        "dpmsolver++, euler); recorded with the output")
+                        "dpmsolver++, euler; consistency: multistep, cm-diffusers); recorded with the output")
     p.add_argument("--batch-size", type=int, default=8, help="tiles per model call (default 8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mpp", type=float, default=None,
