@@ -1,12 +1,16 @@
-"""Quality versus speed of the diffusion samplers on the embedded data (CPU by default).
+"""Few-step quality of the diffusion samplers on the embedded data (CPU-sized by default).
 
     python benchmarks/diffusion_sampling.py [--train-steps 300] [--tile 64] [--threads 2] [--out DIR]
 
-Trains `tiny` BBDM and consistency models on the embedded same-section tiles through the
-engine (or reuses --bbdm-run / --cm-run), then translates the held-out (test-split) tiles with
-a fixed seed and prints, per sampler and step count: SSIM (skimage, uint8 RGB,
-channel_axis=-1, data_range=255 as the BCI/ASP evaluations), L1 against the real HER2 tile
-(0-255 scale) and seconds per tile. The mean-HER2-colour baseline is printed for scale.
+Trains `tiny` BBDM, DDIB and consistency models briefly on the embedded same-section tiles
+through the engine (or reuses --bbdm-run / --ddib-run / --cm-run), then translates the held-out
+(test-split) tiles with a fixed seed and prints, per framework, sampler (`--scheduler`) and
+step count: PSNR and SSIM (the reference scripts' skimage calls on uint8 RGB,
+`evaluation.pixel.reference_psnr_ssim`, averaged per image), L1 (0-255) and seconds per tile,
+and whether PSNR and SSIM stay within 2 % of the reference step count's (BBDM 200 bridge
+steps, DDIB 250 + 250 DDIM steps). The mean-HER2-colour baseline is printed for scale.
+Tiny models trained for minutes, so the absolute numbers say little; the step-count trend is
+the point. DDIB's `steps` is both the encode's and the decode's.
 """
 
 from __future__ import annotations
@@ -26,12 +30,17 @@ def to_u8(x):
 
 def scores(pred, target):
     import numpy as np
-    from skimage.metrics import structural_similarity
+
+    from her2core.evaluation.pixel import reference_psnr_ssim
 
     p, t = to_u8(pred), to_u8(target)
-    ssim = float(np.mean([structural_similarity(a, b, channel_axis=-1, data_range=255) for a, b in zip(p, t)]))
+    psnr, ssim = (float(np.mean(v)) for v in zip(*(reference_psnr_ssim(a, b) for a, b in zip(p, t))))
     l1 = float(np.abs(p.astype(np.float32) - t.astype(np.float32)).mean())
-    return ssim, l1
+    return psnr, ssim, l1
+
+
+#: framework -> (reference sampler, reference step count)
+REFERENCE_STEPS = {"bbdm": ("bridge", 200), "ddib": ("ddim", 250), "consistency": ("multistep", 2)}
 
 
 def main(argv=None) -> int:
@@ -47,9 +56,14 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None, help="work folder (default: a temporary one)")
     p.add_argument("--bbdm-run", default=None)
+    p.add_argument("--ddib-run", default=None)
     p.add_argument("--cm-run", default=None)
-    p.add_argument("--bbdm-steps", default="1,2,5,20,200")
+    p.add_argument("--frameworks", default="bbdm,ddib,consistency")
+    p.add_argument("--bbdm-steps", default="2,5,10,20,50,200")
+    p.add_argument("--ddib-steps", default="5,10,20,50,250")
+    p.add_argument("--ddib-schedulers", default="ddim,dpmsolver++")
     p.add_argument("--cm-steps", default="1,2")
+    p.add_argument("--markdown", action="store_true", help="also print the table as Markdown (README)")
     p.add_argument("--max-tiles", type=int, default=24, help="held-out tiles to translate (the first N)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -64,10 +78,12 @@ def main(argv=None) -> int:
     tr = open_paired(data, "train")
     mean = torch.stack([tr[i]["ihc"] for i in range(len(tr))]).mean(dim=(0, 2, 3))[None, :, None, None]
 
+    names = args.frameworks.split(",")
+    given_runs = {"bbdm": args.bbdm_run, "ddib": args.ddib_run, "consistency": args.cm_run}
     runs = {}
-    for name, given in (("bbdm", args.bbdm_run), ("consistency", args.cm_run)):
-        if given:
-            runs[name] = Path(given)
+    for name in names:
+        if given_runs[name]:
+            runs[name] = Path(given_runs[name])
             continue
         out = work / f"run_{name}"
         t0 = time.perf_counter()
@@ -78,17 +94,39 @@ def main(argv=None) -> int:
         runs[name] = out
 
     print(f"\n{len(he)} held-out tiles of {args.tile}² px, seed 0, {args.threads} threads")
-    print(f"{'sampler':<14} {'steps':>5} {'SSIM':>7} {'L1 (0-255)':>11} {'s/tile':>8}")
-    s, l1 = scores(mean.expand_as(ihc), ihc)
-    print(f"{'mean colour':<14} {'-':>5} {s:>7.3f} {l1:>11.2f} {'-':>8}")
-    for name, steps_list in (("bbdm", args.bbdm_steps), ("consistency", args.cm_steps)):
+    header = f"{'framework':<12} {'sampler':<12} {'steps':>5} {'PSNR':>7} {'SSIM':>7} {'L1':>7} {'s/tile':>7}  within 2 %"
+    print(header)
+    ps, ss, l1 = scores(mean.expand_as(ihc), ihc)
+    rows = [("mean colour", "-", "-", ps, ss, l1, None, "")]
+    print(f"{'mean colour':<12} {'-':<12} {'-':>5} {ps:>7.2f} {ss:>7.3f} {l1:>7.2f} {'-':>7}")
+    plan = {"bbdm": [("bridge", args.bbdm_steps)], "consistency": [("multistep", args.cm_steps)],
+            "ddib": [(sch, args.ddib_steps) for sch in args.ddib_schedulers.split(",")]}
+    for name in names:
         fw = load_run(runs[name])
-        for steps in [int(v) for v in steps_list.split(",")]:
-            t0 = time.perf_counter()
-            out = fw.translate(he, steps=steps, generator=torch.Generator().manual_seed(0))
-            dt = (time.perf_counter() - t0) / len(he)
-            s, l1 = scores(out, ihc)
-            print(f"{name:<14} {steps:>5} {s:>7.3f} {l1:>11.2f} {dt:>8.3f}", flush=True)
+        ref_sched, ref_steps = REFERENCE_STEPS[name]
+        results = {}
+        for sched, steps_list in plan[name]:
+            fw.use_scheduler(sched)
+            for steps in [int(v) for v in steps_list.split(",")]:
+                t0 = time.perf_counter()
+                out = fw.translate(he, steps=steps, generator=torch.Generator().manual_seed(0))
+                dt = (time.perf_counter() - t0) / len(he)
+                results[(sched, steps)] = (*scores(out, ihc), dt)
+        ref = results.get((ref_sched, ref_steps))
+        for (sched, steps), (ps, ss, l1, dt) in results.items():
+            within = ""
+            if ref is not None:
+                ok = ps >= 0.98 * ref[0] and ss >= 0.98 * ref[1]
+                within = "reference" if (sched, steps) == (ref_sched, ref_steps) else ("yes" if ok else "no")
+            rows.append((name, sched, steps, ps, ss, l1, dt, within))
+            print(f"{name:<12} {sched:<12} {steps:>5} {ps:>7.2f} {ss:>7.3f} {l1:>7.2f} {dt:>7.3f}  {within}",
+                  flush=True)
+    if args.markdown:
+        print("\n| framework | sampler | steps | PSNR (dB) | SSIM | L1 (0-255) | s/tile | within 2 % of the reference |")
+        print("|---|---|---:|---:|---:|---:|---:|---|")
+        for name, sched, steps, ps, ss, l1, dt, within in rows:
+            dts = "-" if dt is None else f"{dt:.3f}"
+            print(f"| {name} | {sched} | {steps} | {ps:.2f} | {ss:.3f} | {l1:.2f} | {dts} | {within} |")
     return 0
 
 

@@ -27,7 +27,10 @@ the float comparison, also with that cast made a no-op (a Tensor subclass whose 
 returns itself, no reference code changed), since our attention is fp32.
 
 Measured on this project's 2-core CPU (fp32): pix2pix, ASP, BCIStainer and BBDM (UNet and the
-3-step sampler) give 0.0; the consistency model 1.8e-6 (UNet 3.2e-6; 8.6e-5 against the fp16
+3-step sampler) give 0.0 with the former own ADM UNet; with the diffusers UNet2DModel
+(2026-12-02) BBDM gives 1.6e-6 for the UNet and 5.2e-6 for the 3-step sampler (PNGs: 40 of
+196,608 values one level apart), float rounding of other kernels (separate q/k/v Linear layers
+instead of one fused Conv1d); the consistency model 1.8e-6 (UNet 3.2e-6; 8.6e-5 against the fp16
 attention as written). DDIB (5 + 5 steps, paper UNets, 256²): 0.0 for the latent, the
 decode and the whole translation, once `models/diffusion/ddim.py` followed guided-diffusion's
 float32 arithmetic order (before: 2.1e-3). That exactness matters: DDIM encoding to alpha-bar

@@ -221,7 +221,18 @@ def _tiny_reference(name, prefix, rules, seed):
     fw = cls(cls.preset("tiny"))
     sd = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v
           for k, v in sub_state(fw.state_dict(), prefix).items()}
-    return to_reference(sd, rules)
+    return to_reference(adm(sd, name), rules)
+
+
+def adm(ours, name):
+    """Our diffusers-UNet tensors in the ADM (reference) layout, an exact relayout."""
+    from her2core.models.diffusion.unet import ADMLayout
+
+    return ADMLayout(importer(name)[0].preset("tiny").unet).to_adm(ours)
+
+
+def unet_state(fw, prefix, name):
+    return adm(sub_state(fw.state_dict(), prefix), name)
 
 
 def test_bbdm_model_and_ema_with_schedule_buffers(tmp_path):
@@ -236,8 +247,8 @@ def test_bbdm_model_and_ema_with_schedule_buffers(tmp_path):
     import_checkpoint("bbdm", [tmp_path / "last_model.pth"], tmp_path / "run", preset="tiny")
     fw = load_run(tmp_path / "run")
     r = bbdm.rules("x", cfg)
-    assert_same(to_reference(sub_state(fw.state_dict(), "unet."), r), model, skip=bbdm.SCHEDULE)
-    assert_same(to_reference(sub_state(fw.state_dict(), "unet_ema."), r), ema)  # sampling uses the EMA
+    assert_same(to_reference(unet_state(fw, "unet.", "bbdm"), r), model, skip=bbdm.SCHEDULE)
+    assert_same(to_reference(unet_state(fw, "unet_ema.", "bbdm"), r), ema)  # sampling uses the EMA
     out = fw.translate(torch.zeros(1, 3, 16, 16), steps=3, generator=torch.Generator().manual_seed(0))
     assert out.shape == (1, 3, 16, 16)
     # a schedule of other settings (here a 'sin' m_t) is refused, by buffer name
@@ -260,7 +271,7 @@ def test_ddib_two_files_fill_each_stain_and_its_ema(tmp_path):
                       tmp_path / "run", preset="tiny")
     fw = load_run(tmp_path / "run")
     for prefix, ref in (("unet_he.", he), ("ema_he.", he), ("unet_ihc.", ihc), ("ema_ihc.", ihc)):
-        assert_same(sub_state(fw.state_dict(), prefix), ref)
+        assert_same(unet_state(fw, prefix, "ddib"), ref)
     notes = json.loads((tmp_path / "run" / "run.json").read_text())["imported"]["notes"]
     assert "ema_*.pt" in notes["ihc_weights"]
 
@@ -279,5 +290,5 @@ def test_consistency_fp16_weights_fill_online_target_and_ema(tmp_path):
     import_checkpoint("consistency", [tmp_path / "ema_0.999_000010.pt"], tmp_path / "run", preset="tiny")
     fw = load_run(tmp_path / "run")
     for prefix in ("unet.", "target.", "unet_ema."):
-        back = to_reference(sub_state(fw.state_dict(), prefix), r)
+        back = to_reference(unet_state(fw, prefix, "consistency"), r)
         assert_same({k: v.half() for k, v in back.items()}, ref)

@@ -251,12 +251,19 @@ def test_bbdm_reference_weights_init_overwrites_zero_output_convs():
     assert BBDM.preset("paper").init == "reference"
     torch.manual_seed(0)
     model = BBDM(replace(BBDM.preset("tiny"), init="reference"))
-    convs = [m for m in model.unet.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    from diffusers.models.attention_processor import Attention
+
+    attention = {id(m) for a in model.unet.modules() if isinstance(a, Attention) for m in a.modules()}
+    convs = [m for m in model.unet.modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and id(m) not in attention]
     assert convs and all(abs(m.weight.std().item() - 0.02) < 0.01 for m in convs if m.weight.numel() > 200)
-    out_conv = model.unet.out[-1]
+    out_conv = model.unet.conv_out
     assert out_conv.weight.abs().sum() > 0  # zero-initialised upstream, redrawn by weights_init
-    attn_out = [m for n, m in model.unet.named_modules() if n.endswith("proj_out")]
-    assert attn_out and all(torch.all(m.weight == 0) for m in attn_out)  # Conv1d: untouched upstream
+    attn_out = [m for n, m in model.unet.named_modules() if n.endswith("to_out.0")]
+    # upstream's attention projections are Conv1d, which weights_init leaves alone: still zero
+    assert attn_out and all(torch.all(m.weight == 0) for m in attn_out)
+    qkv = [m for n, m in model.unet.named_modules() if n.endswith(".to_q")]
+    assert qkv and all(abs(m.weight.std().item() - 0.02) > 0.02 for m in qkv)  # PyTorch default init kept
     for a, b in zip(model.unet.parameters(), model.unet_ema.parameters()):
         assert torch.equal(a, b)  # the EMA starts from the initialised net
 

@@ -26,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     where.add_argument("--roi", type=Path, help="QuPath GeoJSON: translate the ROIs' box, white outside")
     where.add_argument("--region", help="x,y,w,h in level-0 pixels of the slide")
     p.add_argument("--steps", type=opt.positive_int, default=None, help="sampling steps (diffusion models)")
+    p.add_argument("--scheduler", default=None,
+                   help="diffusion sampler (default: the reference's; DDIB: ddim, ddim-diffusers, "
+                        "dpmsolver++, euler; consistency: multistep, cm-diffusers); recorded with the output")
     p.add_argument("--batch-size", type=opt.positive_int, default=8, help="tiles per model call (default 8)")
     p.add_argument("--seed", type=opt.seed_int, default=0)
     p.add_argument("--mpp", type=opt.mpp_float, default=None,
@@ -61,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         from her2core.inference.tiles import translate_tile_folder
 
         translate_tile_folder(args.run, args.tiles, args.out, steps=args.steps,
+                              scheduler=args.scheduler,
                               batch_size=args.batch_size, seed=args.seed, progress=True,
                               device=args.device, precision=args.precision,
                               overwrite=args.overwrite)
@@ -87,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"kept {out}")
     else:
         out = translate_slide(args.run, args.slide, args.out, roi=args.roi, region=region,
-                              steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                              steps=args.steps, scheduler=args.scheduler,
+                              batch_size=args.batch_size, seed=args.seed,
                               slide_mpp=args.mpp, work_mpp=args.work_mpp, tile=args.tile,
                               overlap=args.overlap, overwrite=args.overwrite, device=args.device,
                               precision=args.precision, progress=True)

@@ -68,14 +68,20 @@ class Translator:
 
     def describe(self) -> dict:
         return {"model": self.name, "run": self.run_name, "weights_sha256": self.fingerprint,
-                "steps": self.steps, "precision": self.precision,
+                "steps": self.steps, "scheduler": getattr(self.framework, "scheduler_name", None),
+                "precision": self.precision,
                 "inference_mode": getattr(self.framework, "inference_mode", None)}
 
 
 def load_translator(run, *, device=None, steps: int | None = None, precision: str = "auto",
-                    step: int | None = None) -> Translator:
-    """A Translator from a run folder (EMA weights, eval mode) or an already built framework."""
+                    step: int | None = None, scheduler: str | None = None) -> Translator:
+    """A Translator from a run folder (EMA weights, eval mode) or an already built framework.
+
+    scheduler: the diffusion sampler (`Framework.use_scheduler`); None keeps the reference's.
+    """
     if isinstance(run, Translator):
+        if scheduler is not None:
+            run.framework.use_scheduler(scheduler)
         return run
     dev = resolve_device(device)
     if isinstance(run, (str, os.PathLike)):
@@ -86,11 +92,15 @@ def load_translator(run, *, device=None, steps: int | None = None, precision: st
         if not run_dir.is_dir():
             raise UserError(f"{run_dir}: run folder not found; give the --out folder of `her2 train`")
         framework = load_run(run_dir, device=dev, step=step)
+        if scheduler is not None:
+            framework.use_scheduler(scheduler)
         return Translator(framework, dev, steps=steps, precision=precision,
                           work_mpp=working_mpp(read_run(run_dir)),
                           name=getattr(framework, "name", type(framework).__name__),
                           run_name=run_dir.resolve().name)
     framework = run
+    if scheduler is not None:
+        framework.use_scheduler(scheduler)
     return Translator(framework, dev, steps=steps, precision=precision,
                       work_mpp=getattr(framework, "work_mpp", None),
                       name=getattr(framework, "name", type(framework).__name__))

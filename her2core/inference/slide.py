@@ -100,7 +100,7 @@ def batch_seed(seed: int, row: int, batch: int) -> int:
 
 def translate_slide(run, slide_path: str | Path, out_path: str | Path, *,
                     roi=None, region: tuple[int, int, int, int] | None = None,
-                    steps: int | None = None, batch_size: int = 8, seed: int = 0,
+                    steps: int | None = None, scheduler: str | None = None, batch_size: int = 8, seed: int = 0,
                     slide_mpp: float | None = None, work_mpp: float | None = None,
                     tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
                     overwrite: bool = False, device=None, precision: str = "auto",
@@ -137,7 +137,8 @@ def translate_slide(run, slide_path: str | Path, out_path: str | Path, *,
             # region/ROI problems are reported before the (slow) model load
             plan_region(slide, work_mpp=slide.mpp, tile=tile, overlap=overlap, region=region,
                         roi=roi_geom, roi_source=roi_source)
-            translator = load_translator(run, device=device, steps=steps, precision=precision)
+            translator = load_translator(run, device=device, steps=steps, precision=precision,
+                                         scheduler=scheduler)
             wmpp = work_mpp or translator.work_mpp
             if not wmpp:
                 raise UserError(f"{getattr(run, 'name', run)}: the run records no working microns per "

@@ -83,7 +83,8 @@ def _translate_same_size(framework, x: torch.Tensor, *, steps, seed: int, device
 
 def translate_tile_folder(run_or_framework, in_dir, out_dir, *, steps: int | None = None, batch_size: int = 8,
                           seed: int = 0, progress: bool = True, device=None, precision: str = "auto",
-                          overwrite: bool = False, command: str = "her2 translate --tiles") -> Path:
+                          overwrite: bool = False, scheduler: str | None = None,
+                          command: str = "her2 translate --tiles") -> Path:
     """One PNG per input tile in `out_dir`, same file names (suffix .png).
 
     `out_dir` records what wrote it (`her2core.util.outputs`: weights fingerprint, input
@@ -114,12 +115,14 @@ def translate_tile_folder(run_or_framework, in_dir, out_dir, *, steps: int | Non
     if dupes:
         raise UserError(f"{in_dir}: several tiles named {dupes[0]} (different suffixes); outputs would collide")
     # the one device/precision rule (util.device), as for slides
-    translator = load_translator(run_or_framework, device=device, steps=steps, precision=precision)
+    translator = load_translator(run_or_framework, device=device, steps=steps, precision=precision,
+                                 scheduler=scheduler)
     run_name = (str(Path(run_or_framework).resolve()) if isinstance(run_or_framework, (str, Path))
                 else translator.name)
     record = {"command": command, "run": run_name, "weights_sha256": translator.fingerprint,
               "inputs": str(in_dir.resolve()), "steps": steps, "seed": int(seed),
               "batch_size": int(batch_size), "precision": translator.precision,
+              "scheduler": getattr(translator.framework, "scheduler_name", None),
               "inference_mode": getattr(translator.framework, "inference_mode", None)}
     with locked(out_dir, command):
         claim(out_dir, record, overwrite=overwrite, clear=_clear_tiles)

@@ -129,6 +129,24 @@ class Framework(nn.Module, abc.ABC):
                   generator: torch.Generator | None = None) -> torch.Tensor:
         """H&E (N,3,H,W) in [-1,1] -> virtual HER2 in [-1,1]; eval mode, EMA weights if any."""
 
+    #: samplers `translate` can use (`her2 translate --scheduler`), the reference's first; () = none
+    SCHEDULERS: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def scheduler_name(self) -> str | None:
+        """The sampler `translate` uses (recorded with every output); None for one-pass networks."""
+        return getattr(self, "_scheduler_name", None) or (self.SCHEDULERS[0] if self.SCHEDULERS else None)
+
+    def use_scheduler(self, name: str | None) -> None:
+        """Choose the sampler `translate` uses; None keeps the reference's."""
+        if name is None:
+            return
+        if name not in self.SCHEDULERS:
+            from her2core.errors import UserError
+            have = ", ".join(self.SCHEDULERS) or "none (it translates in one pass)"
+            raise UserError(f"--scheduler {name}: {self.name} samples with {have}")
+        self._scheduler_name = name
+
     def parameter_counts(self) -> dict[str, int]:
         return {k: sum(p.numel() for p in m.parameters() if p.requires_grad)
                 for k, m in self.networks().items()}

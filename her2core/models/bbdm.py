@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from diffusers.models.attention_processor import Attention
 from torch import nn
 
 from her2core.models.base import PRECISION_NOTE, Framework, StepContext
@@ -36,7 +37,7 @@ from her2core.models.diffusion.common import (
     input_defaults,
     resized,
 )
-from her2core.models.diffusion.unet import UNet, UNetConfig
+from her2core.models.diffusion.unet import UNetConfig, build_unet
 from her2core.models.ema import ema_update
 
 
@@ -129,9 +130,14 @@ class BBDMConfig:
 
 
 def reference_weights_init(net: nn.Module) -> nn.Module:
-    """BBDM's `weights_init`: every Conv2d / Linear weight ~ N(0, 0.02); biases, Conv1d, norms kept."""
+    """BBDM's `weights_init`: every Conv2d / Linear weight ~ N(0, 0.02); biases, Conv1d, norms kept.
+
+    Upstream's attention projections are Conv1d, which it leaves alone; ours are the Linear
+    layers of diffusers' `Attention`, so those are skipped to keep upstream's initialisation.
+    """
+    attention = {id(m) for a in net.modules() if isinstance(a, Attention) for m in a.modules()}
     for m in net.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in attention:
             nn.init.normal_(m.weight, 0.0, 0.02)
     return net
 
@@ -142,6 +148,7 @@ class BBDM(Framework):
     LEGACY = LEGACY
     family = "dm"
     config_class = BBDMConfig
+    SCHEDULERS = ("bridge",)  # diffusers' schedulers end at noise; the bridge ends at the H&E image
 
     @classmethod
     def presets(cls):
@@ -158,7 +165,7 @@ class BBDM(Framework):
 
     def __init__(self, config: BBDMConfig):
         super().__init__(config)
-        self.unet = UNet(config.unet)
+        self.unet = build_unet(config.unet)
         if config.init == "reference":
             reference_weights_init(self.unet)
         elif config.init != "unet":

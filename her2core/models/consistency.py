@@ -44,7 +44,7 @@ from her2core.models.diffusion.common import (
     input_defaults,
     resized,
 )
-from her2core.models.diffusion.unet import UNet, UNetConfig
+from her2core.models.diffusion.unet import UNetConfig, build_unet
 from her2core.models.ema import ema_update
 
 REFERENCE_STEPS = 1_000_000  # scripts/launch.sh:41 (CT LSUN-256: --total_training_steps 1000000)
@@ -156,6 +156,9 @@ class ConsistencyModel(Framework):
     LEGACY = LEGACY
     family = "dm"
     config_class = ConsistencyConfig
+    # upstream's stochastic_iterative_sampler (onestep at one evaluation): ours, or diffusers'
+    # CMStochasticIterativeScheduler (equal to float rounding; see karras.sample_cm_scheduler)
+    SCHEDULERS = ("multistep", "cm-diffusers")
 
     @classmethod
     def presets(cls):
@@ -174,7 +177,7 @@ class ConsistencyModel(Framework):
         super().__init__(config)
         if isinstance(config.karras, dict):  # tolerate a plain dict from hand-written JSON
             config.karras = karras.KarrasConfig(**config.karras)
-        self.unet = UNet(config.unet)
+        self.unet = build_unet(config.unet)
         self.target = frozen_copy(self.unet)  # the CT target network (adaptive EMA mu(k))
         self.unet_ema = frozen_copy(self.unet)  # the sampling EMA
         self._teacher: Framework | None = None
@@ -278,8 +281,10 @@ class ConsistencyModel(Framework):
         ts = karras.multistep_ts(nfe, c.sample_grid, tuple(c.sample_ts))
         net = self.unet_ema
 
+        sampler = karras.sample_cm_scheduler if self.scheduler_name == "cm-diffusers" else karras.sample
+
         def run(cond):
-            return karras.sample(net, cond, c.karras, ts=ts, grid=c.sample_grid, generator=generator)
+            return sampler(net, cond, c.karras, ts=ts, grid=c.sample_grid, generator=generator)
 
         with eval_mode(net):
             return resized(lambda x: in_chunks(run, x, c.sample_batch, net.downsample_factor), he.float(), c)

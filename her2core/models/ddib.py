@@ -31,8 +31,13 @@ from her2core.models.diffusion.common import (
     input_defaults,
     resized,
 )
-from her2core.models.diffusion.ddim import GaussianDiffusion
-from her2core.models.diffusion.unet import UNet, UNetConfig
+from her2core.models.diffusion.ddim import (
+    DECODERS,
+    GaussianDiffusion,
+    diffusers_scheduler,
+    scheduler_decode,
+)
+from her2core.models.diffusion.unet import UNet, UNetConfig, build_unet
 from her2core.models.ema import ema_update
 
 STAINS = ("he", "ihc")
@@ -106,6 +111,7 @@ class DDIB(Framework):
     LEGACY = LEGACY
     family = "dm"
     config_class = DDIBConfig
+    SCHEDULERS = DECODERS  # the decode's sampler; the encode is always guided-diffusion's reverse DDIM
 
     @classmethod
     def presets(cls):
@@ -124,8 +130,8 @@ class DDIB(Framework):
         if bad or not config.domains:
             from her2core.errors import UserError
             raise UserError(f"ddib: domains must be a non-empty subset of {STAINS}, got {tuple(config.domains)}")
-        self.unet_he = UNet(config.unet)
-        self.unet_ihc = UNet(config.unet)
+        self.unet_he = build_unet(config.unet)
+        self.unet_ihc = build_unet(config.unet)
         self.ema_he = frozen_copy(self.unet_he)
         self.ema_ihc = frozen_copy(self.unet_ihc)
         self.diffusion = GaussianDiffusion(config.num_timesteps)
@@ -186,8 +192,12 @@ class DDIB(Framework):
         inverse of `encode` (which never clips), the one to use for cycle/reconstruction checks.
         """
         net = getattr(self, f"ema_{stain}")
+        steps = steps or self.config.decode_steps
         with eval_mode(net), torch.no_grad():
-            return self.diffusion.ddim_decode(net, z.float(), steps=steps or self.config.decode_steps, clip=clip)
+            if self.scheduler_name != "ddim":
+                sched = diffusers_scheduler(self.scheduler_name, self.config.num_timesteps, clip)
+                return scheduler_decode(net, z, sched, steps=steps)
+            return self.diffusion.ddim_decode(net, z.float(), steps=steps, clip=clip)
 
     @torch.no_grad()
     def translate(self, he, *, steps=None, generator=None):

@@ -160,7 +160,12 @@ def load_training_state(weights: Path, record: dict, optimizers: dict, scaler, d
     for name, (opt, sched) in optimizers.items():
         if name not in record["optimizers"]:
             raise UserError(f"{weights}: no state for optimiser '{name}'")
-        opt.load_state_dict(_join_optimizer(name, record["optimizers"][name], tensors, device))
+        try:
+            opt.load_state_dict(_join_optimizer(name, record["optimizers"][name], tensors, device))
+        except ValueError as exc:  # e.g. a diffusion run written with the former own-ADM UNet layout
+            raise UserError(f"{weights}: optimiser '{name}' state does not fit this version's network "
+                            f"({exc}); its weights still load for translate/evaluate, but training must "
+                            "start a new run") from None
         if sched is not None and record["schedulers"].get(name) is not None:
             sched.load_state_dict(record["schedulers"][name])
     if scaler is not None and record.get("scaler"):

@@ -49,6 +49,10 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 def _framework_config(cls, preset: str, overrides: dict | None):
     from her2core.util.configs import from_dict, to_dict
 
+    if overrides and any("." in k for k in overrides):  # nested, e.g. unet.gradient_checkpointing=true
+        from her2core.models.importing import framework_config
+
+        return framework_config(cls, preset, overrides)
     cfg = cls.preset(preset)
     if overrides:
         data = to_dict(cfg)

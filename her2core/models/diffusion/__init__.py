@@ -1,6 +1,6 @@
 """Building blocks shared by BBDM, DDIB and the consistency model.
 
-- `unet`: the ADM/openai UNet (exact reference parameter counts),
+- `unet`: the ADM/openai UNet as a diffusers `UNet2DModel` (exact reference counts and outputs),
 - `bridge`: Brownian-bridge schedule, loss targets and sampler (BBDM),
 - `ddim`: guided-diffusion schedule, respacing, DDIM encode/decode (DDIB),
 - `karras`: EDM preconditioning with the consistency boundary condition, CT schedules, samplers,

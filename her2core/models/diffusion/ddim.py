@@ -1,13 +1,19 @@
 """Gaussian diffusion with guided-diffusion's schedule and respacing, DDIM encode and decode (DDIB).
 
-Written out (rather than diffusers' DDIMScheduler/DDIMInverseScheduler) because DDIB's
-translation depends on guided-diffusion's exact conventions: `ddimN` respacing
+The reference sampler ("ddim", the default) is written out rather than taken from diffusers'
+DDIMScheduler/DDIMInverseScheduler because DDIB's translation depends on guided-diffusion's exact conventions: `ddimN` respacing
 (stride 1000//N from t=0), the model always seeing the *original* timestep, the reverse ODE
 running over all respaced steps up to alphā_next = 0, and clip False/True for encode/decode.
 DDIM inversion amplifies float32 rounding ~1000x over 250+250 steps, so the arithmetic follows
 guided-diffusion's order too: the respaced schedule rebuilt from its betas in float64, every
 coefficient cast to float32 before use (`_extract_into_tensor`), square roots taken in float32,
-and eps re-derived from x0 in both directions (`_predict_eps_from_xstart`).
+and eps re-derived from x0 in both directions (`_predict_eps_from_xstart`). diffusers'
+DDIMInverseScheduler also steps from t - stride to t with the model evaluated at t, where
+guided-diffusion evaluates at the level it leaves, and it cannot end at alphā = 0.
+
+The decode can be swapped for diffusers' schedulers (`DECODERS`, `her2 translate --scheduler`):
+they solve the same probability-flow ODE of the same epsilon model from the latent the encode
+reached, so fewer steps trade accuracy for time (see benchmarks/diffusion_sampling.py).
 """
 
 from __future__ import annotations
@@ -113,6 +119,43 @@ class GaussianDiffusion:
             if eta > 0 and i > 0:
                 x = x + sigma * randn(x.shape, generator, x.device)
         return x
+
+
+#: decode samplers: "ddim" (guided-diffusion's, exact) or a diffusers scheduler over the same ODE
+DECODERS = ("ddim", "ddim-diffusers", "dpmsolver++", "euler")
+
+
+def diffusers_scheduler(name: str, num_timesteps: int, clip: bool):
+    """A diffusers scheduler for DDIB's epsilon model: its linear betas, 'leading' spacing (ddimN's).
+
+    clip: x0 clipped to [-1, 1] (DDIM's clip_sample; for DPM-Solver++ dynamic thresholding with
+    sample_max_value 1, which is the same clamp). Euler has no x0 clipping.
+    """
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+    common = {"num_train_timesteps": num_timesteps, "trained_betas": linear_betas(num_timesteps),
+              "prediction_type": "epsilon", "timestep_spacing": "leading", "steps_offset": 0}
+    if name == "ddim-diffusers":
+        return DDIMScheduler(**common, clip_sample=clip, clip_sample_range=1.0, set_alpha_to_one=True)
+    if name == "dpmsolver++":
+        return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2,
+                                           thresholding=clip, sample_max_value=1.0)
+    if name == "euler":
+        return EulerDiscreteScheduler(**common)
+    from her2core.errors import UserError
+    raise UserError(f"--scheduler {name!r}: DDIB decodes with one of {', '.join(DECODERS)}")
+
+
+@torch.no_grad()
+def scheduler_decode(eps_model: Callable, x_T: torch.Tensor, scheduler, *, steps: int,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """x_T (the encode's latent) -> x_0 with a diffusers scheduler (the diffusers sampling loop)."""
+    scheduler.set_timesteps(steps, device=x_T.device)
+    x = x_T.float() * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        eps = eps_model(scheduler.scale_model_input(x, t), t.float().expand(x.shape[0])).float()
+        x = scheduler.step(eps, t, x, generator=generator, return_dict=False)[0]
+    return x
 
 
 def _f32(value, like: torch.Tensor) -> torch.Tensor:

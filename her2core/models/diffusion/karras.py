@@ -104,9 +104,37 @@ def sample(net, cond: torch.Tensor, k: KarrasConfig, *, ts: list[int], grid: int
         return denoise(net, x, torch.full((n,), k.sigma_max, device=cond.device), cond, k).clamp(-1, 1)
     for i in range(len(ts) - 1):
         t = float(karras_sigma(ts[i], grid, k))
-        x0 = denoise(net, x, torch.full((n,), t, device=cond.device), cond, k)
+        # each x0 clipped as upstream's karras_sample denoiser (clip_denoised True, image_sample.py's default)
+        x0 = denoise(net, x, torch.full((n,), t, device=cond.device), cond, k).clamp(-1, 1)
         next_t = float(np.clip(karras_sigma(ts[i + 1], grid, k), k.sigma_min, k.sigma_max))
         x = x0 + randn(shape, generator, cond.device) * math.sqrt(max(next_t ** 2 - k.sigma_min ** 2, 0.0))
+    return x.clamp(-1, 1)
+
+
+@torch.no_grad()
+def sample_cm_scheduler(net, cond: torch.Tensor, k: KarrasConfig, *, ts: list[int], grid: int,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """`sample` through diffusers' `CMStochasticIterativeScheduler` (the same sampler, to float rounding).
+
+    diffusers counts grid indices from sigma_min (so the reference's ts go in reversed) and
+    evaluates the network at every timestep, the last one at sigma_min too, where the boundary
+    condition makes the consistency function the identity; upstream stops before it, so the
+    loop here does as well (NFE = len(ts) - 1 as upstream). Each x0 is clipped, as `sample`.
+    """
+    from diffusers import CMStochasticIterativeScheduler
+
+    sched = CMStochasticIterativeScheduler(num_train_timesteps=grid, sigma_min=k.sigma_min, sigma_max=k.sigma_max,
+                                           sigma_data=k.sigma_data, rho=k.rho, clip_denoised=True)
+    n = cond.shape[0]
+    shape = (n, 3, *cond.shape[2:])
+    x = randn(shape, generator, cond.device) * sched.init_noise_sigma
+    if len(ts) == 1:
+        return denoise(net, x, torch.full((n,), k.sigma_max, device=cond.device), cond, k).clamp(-1, 1)
+    sched.set_timesteps(timesteps=list(reversed(ts)), device=cond.device)
+    for t in sched.timesteps[:-1]:
+        inp = torch.cat([sched.scale_model_input(x, t), cond.to(x.dtype)], dim=1)
+        out = net(inp, t.float().expand(n)).float()
+        x = sched.step(out, t, x.float(), generator=generator, return_dict=False)[0]
     return x.clamp(-1, 1)
 
 

@@ -1,26 +1,45 @@
-"""The ADM ("openai") UNet shared by the three diffusion frameworks.
+"""The ADM ("openai") UNet of the three diffusion frameworks, built as a diffusers `UNet2DModel`.
 
-One module reproduces the networks of guided-diffusion (DDIB), openai/consistency_models
-and BBDM's LDM-derived `openaimodel.py`: the same blocks, the same parameter layout and
-the same counts (pinned in tests against `docs/references.md`). diffusers'
-`UNet2DModel` cannot express these layouts (scale-shift ResBlocks that also resample,
-attention chosen by downsample factor, skip channels per block), so it is not used; the
-`tiny` presets use this same module with few channels, so tests exercise the paper code.
+guided-diffusion (DDIB), openai/consistency_models and BBDM's LDM-derived `openaimodel.py`
+share one UNet design, and diffusers' `UNet2DModel` expresses all three exactly, block for
+block: the same parameter counts (pinned in tests against docs/references.md) and the same
+outputs given the same weights (`benchmarks/reference_import.py`, against the reference code).
+The settings that make it exact (`build_unet`):
+- ADM's ResBlocks = `ResnetBlock2D` (scale-shift norm = `resnet_time_scale_shift="scale_shift"`);
+  `resblock_updown` = `ResnetDownsampleBlock2D`/`ResnetUpsampleBlock2D` and the resnet
+  down/upsamplers of the attention blocks; attention chosen per level by downsample factor;
+- the ~1,000-parameter gap of the obvious settings is the GroupNorm of the middle block's
+  attention: with scale-shift ResBlocks diffusers drops it (`attn_groups=None`) unless
+  `attn_norm_num_groups` is given, while ADM always normalises (2 x 512 parameters for DDIB);
+- ADM's time embedding is diffusers' `Timesteps(flip_sin_to_cos=True, freq_shift=0)`.
 
-Deliberate differences from upstream, none of which changes a parameter:
-- attention runs through `F.scaled_dot_product_attention` (no fp16 cast, no flash-attn
-  dependency), with the "legacy" q/k/v channel order so upstream weights would load;
-- the GroupNorm group count is configurable (32 upstream) so tiny nets can be narrow.
+The one detail `UNet2DModel` cannot say is a head count per block: it takes one
+`attention_head_dim`, while ADM with `num_heads` (no `num_head_channels`) gives every attention
+block the same number of heads whatever its width. Heads carry no parameters, so `build_unet`
+sets `heads`/`scale` on each `Attention` after construction (a no-op for all presets, whose
+attention blocks share one width). ADM zero-initialises the last convolution of each ResBlock,
+the attention output projection and the output convolution; `build_unet` does the same.
+Numerics: attention runs through the chosen diffusers processor (`attention`: "sdpa" or
+"math"), in the input's dtype; ADM's fp32 GroupNorm upcast is left to autocast, which runs
+group_norm in float32 anyway.
+
+Checkpoints written with the former own ADM module (its names are the references' names)
+load through `adm_to_diffusers` (a load hook on every UNet), and `her2 import` maps reference
+files onto this module through the same exact relayout (`ADMLayout`): names, and the fused
+legacy `qkv` (rows ordered heads, then q|k|v) split into `to_q`/`to_k`/`to_v`.
 """
 
 from __future__ import annotations
 
-import math
+import re
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+from diffusers import UNet2DModel
+from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 from torch import nn
+
+ATTENTION = {"sdpa": AttnProcessor2_0, "math": AttnProcessor}
 
 
 @dataclass
@@ -41,188 +60,241 @@ class UNetConfig:
     conv_resample: bool = True
     dropout: float = 0.0
     norm_groups: int = 32
+    # memory/speed only (outputs unchanged): recompute activations in backward; attention kernel
+    gradient_checkpointing: bool = False
+    attention: str = "sdpa"  # "sdpa" (torch scaled_dot_product_attention) or "math" (explicit softmax)
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of (possibly fractional) timesteps, as guided-diffusion."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t[:, None].float() * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
-    return emb
+class UNet(UNet2DModel):
+    """`UNet2DModel` called as the samplers call it: `net(x, t) -> tensor`, t (N,) or scalar."""
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels=None, return_dict: bool = False):
+        if return_dict or class_labels is not None:  # diffusers' own calling convention
+            return super().forward(x, t, class_labels=class_labels, return_dict=return_dict)
+        return super().forward(x, t, return_dict=False)[0]
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.config.block_out_channels) - 1)
 
 
-def _zero(module: nn.Module) -> nn.Module:
-    for p in module.parameters():
-        nn.init.zeros_(p)
-    return module
+def _levels(cfg: UNetConfig) -> list[bool]:
+    """Per level: does it have attention (ADM compares the downsample factor with attention_ds)?"""
+    return [2 ** level in tuple(cfg.attention_ds) for level in range(len(cfg.channel_mult))]
 
 
-class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32 (upstream does the same for fp16 stability)."""
-
-    def forward(self, x):
-        return super().forward(x.float()).type(x.dtype)
+def _heads(cfg: UNetConfig, channels: int) -> int:
+    return channels // cfg.num_head_channels if cfg.num_head_channels > 0 else cfg.num_heads
 
 
-class Downsample(nn.Module):
-    def __init__(self, channels: int, use_conv: bool, out_channels: int | None = None):
-        super().__init__()
-        out_channels = out_channels or channels
-        self.op = (nn.Conv2d(channels, out_channels, 3, stride=2, padding=1) if use_conv
-                   else nn.AvgPool2d(2, 2))
+def unet_kwargs(cfg: UNetConfig) -> dict:
+    """`UNet2DModel` arguments that reproduce the ADM UNet of `cfg`."""
+    from her2core.errors import UserError
 
-    def forward(self, x):
-        return self.op(x)
-
-
-class Upsample(nn.Module):
-    def __init__(self, channels: int, use_conv: bool, out_channels: int | None = None):
-        super().__init__()
-        out_channels = out_channels or channels
-        self.conv = nn.Conv2d(channels, out_channels, 3, padding=1) if use_conv else None
-
-    def forward(self, x):
-        x = F.interpolate(x, scale_factor=2, mode="nearest")
-        return self.conv(x) if self.conv is not None else x
-
-
-class ResBlock(nn.Module):
-    """Residual block conditioned on the time embedding; optionally resamples (resblock_updown)."""
-
-    def __init__(self, channels, emb_channels, dropout, out_channels=None, use_scale_shift_norm=False,
-                 up=False, down=False, groups=32):
-        super().__init__()
-        out_channels = out_channels or channels
-        self.use_scale_shift_norm = use_scale_shift_norm
-        self.in_layers = nn.Sequential(GroupNorm32(groups, channels), nn.SiLU(),
-                                       nn.Conv2d(channels, out_channels, 3, padding=1))
-        self.updown = up or down
-        if up:
-            self.h_upd, self.x_upd = Upsample(channels, False), Upsample(channels, False)
-        elif down:
-            self.h_upd, self.x_upd = Downsample(channels, False), Downsample(channels, False)
-        else:
-            self.h_upd = self.x_upd = nn.Identity()
-        self.emb_layers = nn.Sequential(
-            nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels))
-        self.out_layers = nn.Sequential(GroupNorm32(groups, out_channels), nn.SiLU(), nn.Dropout(dropout),
-                                        _zero(nn.Conv2d(out_channels, out_channels, 3, padding=1)))
-        self.skip_connection = (nn.Identity() if out_channels == channels
-                                else nn.Conv2d(channels, out_channels, 1))
-
-    def forward(self, x, emb):
-        if self.updown:
-            h = self.in_layers[:-1](x)
-            h = self.h_upd(h)
-            x = self.x_upd(x)
-            h = self.in_layers[-1](h)
-        else:
-            h = self.in_layers(x)
-        emb_out = self.emb_layers(emb).type(h.dtype)[..., None, None]
-        if self.use_scale_shift_norm:
-            scale, shift = emb_out.chunk(2, dim=1)
-            h = self.out_layers[0](h) * (1 + scale) + shift
-            h = self.out_layers[1:](h)
-        else:
-            h = self.out_layers(h + emb_out)
-        return self.skip_connection(x) + h
+    if cfg.channel_mult[0] != 1:
+        raise UserError(f"unet.channel_mult {tuple(cfg.channel_mult)}: the first multiplier must be 1 "
+                        "(ADM's time embedding width is model_channels)")
+    if not cfg.conv_resample and not cfg.resblock_updown:
+        raise UserError("unet.conv_resample false: pooling/interpolating resamplers are not supported; "
+                        "use conv_resample true or resblock_updown true")
+    if cfg.attention not in ATTENTION:
+        raise UserError(f"unet.attention {cfg.attention!r}: use one of {', '.join(ATTENTION)}")
+    chans = [cfg.model_channels * m for m in cfg.channel_mult]
+    attn = _levels(cfg)
+    plain_down = "ResnetDownsampleBlock2D" if cfg.resblock_updown else "DownBlock2D"
+    plain_up = "ResnetUpsampleBlock2D" if cfg.resblock_updown else "UpBlock2D"
+    resample = "resnet" if cfg.resblock_updown else "conv"
+    return {
+        "in_channels": cfg.in_channels, "out_channels": cfg.out_channels, "block_out_channels": tuple(chans),
+        "down_block_types": tuple("AttnDownBlock2D" if a else plain_down for a in attn),
+        "up_block_types": tuple("AttnUpBlock2D" if a else plain_up for a in reversed(attn)),
+        "layers_per_block": cfg.num_res_blocks, "attention_head_dim": chans[-1] // _heads(cfg, chans[-1]),
+        "norm_num_groups": cfg.norm_groups, "attn_norm_num_groups": cfg.norm_groups, "norm_eps": 1e-5,
+        "resnet_time_scale_shift": "scale_shift" if cfg.use_scale_shift_norm else "default",
+        "downsample_type": resample, "upsample_type": resample, "dropout": cfg.dropout,
+        "flip_sin_to_cos": True, "freq_shift": 0, "time_embedding_type": "positional", "act_fn": "silu"}
 
 
-class AttentionBlock(nn.Module):
-    """Spatial self-attention (upstream `AttentionBlock` + `QKVAttentionLegacy` layout)."""
-
-    def __init__(self, channels, num_heads=1, num_head_channels=-1, groups=32):
-        super().__init__()
-        self.num_heads = channels // num_head_channels if num_head_channels > 0 else num_heads
-        assert channels % self.num_heads == 0, (channels, self.num_heads)
-        self.norm = GroupNorm32(groups, channels)
-        self.qkv = nn.Conv1d(channels, channels * 3, 1)
-        self.proj_out = _zero(nn.Conv1d(channels, channels, 1))
-
-    def forward(self, x):
-        b, c, *spatial = x.shape
-        x = x.reshape(b, c, -1)
-        qkv = self.qkv(self.norm(x))  # (b, 3c, L); legacy order: heads first, then q|k|v
-        length = qkv.shape[-1]
-        q, k, v = qkv.reshape(b, self.num_heads, 3 * c // self.num_heads, length).transpose(2, 3).chunk(3, dim=-1)
-        h = F.scaled_dot_product_attention(q, k, v)  # (b, heads, L, ch)
-        h = h.transpose(2, 3).reshape(b, c, length)
-        return (x + self.proj_out(h)).reshape(b, c, *spatial)
+def build_unet(cfg: UNetConfig) -> UNet:
+    """The ADM UNet of `cfg` on diffusers, with ADM's head layout and zero initialisations."""
+    net = UNet(**unet_kwargs(cfg))
+    for module in net.modules():
+        if isinstance(module, Attention):
+            channels = module.to_q.in_features
+            module.heads = _heads(cfg, channels)
+            module.scale = (channels // module.heads) ** -0.5
+            module.set_processor(ATTENTION[cfg.attention]())
+            _zero(module.to_out[0])
+    for name, module in net.named_modules():
+        if name.endswith(".conv2") or name == "conv_out":
+            _zero(module)
+    if cfg.gradient_checkpointing:
+        net.enable_gradient_checkpointing()
+    net.register_load_state_dict_pre_hook(_LegacyLoader(cfg))
+    return net
 
 
-class _EmbedSequential(nn.Sequential):
-    def forward(self, x, emb):
-        for layer in self:
-            x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
-        return x
-
-
-class UNet(nn.Module):
-    """ADM UNet: `forward(x, t)` with t a (N,) tensor of (possibly fractional) timesteps."""
-
-    def __init__(self, cfg: UNetConfig):
-        super().__init__()
-        self.cfg = cfg
-        mc, g = cfg.model_channels, cfg.norm_groups
-        emb_dim = mc * 4
-        self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-
-        def res(ch_in, ch_out, **kw):
-            return ResBlock(ch_in, emb_dim, cfg.dropout, ch_out, cfg.use_scale_shift_norm, groups=g, **kw)
-
-        def attn(ch):
-            return AttentionBlock(ch, cfg.num_heads, cfg.num_head_channels, groups=g)
-
-        ch = input_ch = int(cfg.channel_mult[0] * mc)
-        self.input_blocks = nn.ModuleList([_EmbedSequential(nn.Conv2d(cfg.in_channels, ch, 3, padding=1))])
-        chans, ds = [ch], 1
-        for level, mult in enumerate(cfg.channel_mult):
-            for _ in range(cfg.num_res_blocks):
-                layers = [res(ch, int(mult * mc))]
-                ch = int(mult * mc)
-                if ds in cfg.attention_ds:
-                    layers.append(attn(ch))
-                self.input_blocks.append(_EmbedSequential(*layers))
-                chans.append(ch)
-            if level != len(cfg.channel_mult) - 1:
-                self.input_blocks.append(_EmbedSequential(
-                    res(ch, ch, down=True) if cfg.resblock_updown else Downsample(ch, cfg.conv_resample)))
-                chans.append(ch)
-                ds *= 2
-        self.middle_block = _EmbedSequential(res(ch, ch), attn(ch), res(ch, ch))
-        self.output_blocks = nn.ModuleList()
-        for level, mult in list(enumerate(cfg.channel_mult))[::-1]:
-            for i in range(cfg.num_res_blocks + 1):
-                layers = [res(ch + chans.pop(), int(mc * mult))]
-                ch = int(mc * mult)
-                if ds in cfg.attention_ds:
-                    layers.append(attn(ch))
-                if level and i == cfg.num_res_blocks:
-                    layers.append(res(ch, ch, up=True) if cfg.resblock_updown else Upsample(ch, cfg.conv_resample))
-                    ds //= 2
-                self.output_blocks.append(_EmbedSequential(*layers))
-        self.out = nn.Sequential(GroupNorm32(g, ch), nn.SiLU(), _zero(nn.Conv2d(input_ch, cfg.out_channels, 3, padding=1)))
-        self.downsample_factor = 2 ** (len(cfg.channel_mult) - 1)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if t.ndim == 0:
-            t = t.expand(x.shape[0])
-        emb = self.time_embed(timestep_embedding(t, self.cfg.model_channels).to(x.dtype))
-        hs, h = [], x
-        for block in self.input_blocks:
-            h = block(h, emb)
-            hs.append(h)
-        h = self.middle_block(h, emb)
-        for block in self.output_blocks:
-            h = block(torch.cat([h, hs.pop()], dim=1), emb)
-        return self.out(h)
+def _zero(module: nn.Module) -> None:
+    with torch.no_grad():
+        for p in module.parameters():
+            p.zero_()
 
 
 def count_parameters(cfg: UNetConfig) -> int:
     """Trainable parameters of the UNet for `cfg`, built on the meta device (no memory, fast)."""
     with torch.device("meta"):
-        net = UNet(cfg)
+        net = UNet(**unet_kwargs(cfg))
     return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
+# -- the ADM (reference) layout <-> ours ------------------------------------------------------
+
+_RES = {"in_layers.0": "norm1", "in_layers.2": "conv1", "emb_layers.1": "time_emb_proj",
+        "out_layers.0": "norm2", "out_layers.3": "conv2", "skip_connection": "conv_shortcut"}
+_ATTN = {"norm": "group_norm", "proj_out": "to_out.0"}
+_QKV = ("to_q", "to_k", "to_v")
+
+
+def _module_map(cfg: UNetConfig) -> dict[str, tuple[str, str]]:
+    """ADM module path -> (our module path, kind: 'res' | 'attn' | 'same' | 'resample')."""
+    out = {"input_blocks.0.0": ("conv_in", "same"), "time_embed.0": ("time_embedding.linear_1", "same"),
+           "time_embed.2": ("time_embedding.linear_2", "same"), "out.0": ("conv_norm_out", "same"),
+           "out.2": ("conv_out", "same"), "middle_block.0": ("mid_block.resnets.0", "res"),
+           "middle_block.1": ("mid_block.attentions.0", "attn"), "middle_block.2": ("mid_block.resnets.1", "res")}
+    attn, n, k = _levels(cfg), len(cfg.channel_mult), 1
+    resample = "res" if cfg.resblock_updown else "resample"
+    for level in range(n):
+        for j in range(cfg.num_res_blocks):
+            out[f"input_blocks.{k}.0"] = (f"down_blocks.{level}.resnets.{j}", "res")
+            if attn[level]:
+                out[f"input_blocks.{k}.1"] = (f"down_blocks.{level}.attentions.{j}", "attn")
+            k += 1
+        if level != n - 1:
+            out[f"input_blocks.{k}.0"] = (f"down_blocks.{level}.downsamplers.0", resample)
+            k += 1
+    k = 0
+    for u, level in enumerate(reversed(range(n))):
+        for i in range(cfg.num_res_blocks + 1):
+            out[f"output_blocks.{k}.0"] = (f"up_blocks.{u}.resnets.{i}", "res")
+            if attn[level]:
+                out[f"output_blocks.{k}.1"] = (f"up_blocks.{u}.attentions.{i}", "attn")
+            if level and i == cfg.num_res_blocks:
+                out[f"output_blocks.{k}.{1 + attn[level]}"] = (f"up_blocks.{u}.upsamplers.0", resample)
+            k += 1
+    return out
+
+
+_SPLIT = re.compile(r"^((?:input_blocks|output_blocks)\.\d+\.\d+|middle_block\.\d+|time_embed\.\d+|out\.\d+)"
+                    r"\.(.+)$")
+
+
+class ADMLayout:
+    """Exact relayout between ADM state dicts (the references' names) and this module's.
+
+    Works on meta tensors too (shapes only), so `her2 import` can check names without memory.
+    """
+
+    def __init__(self, cfg: UNetConfig):
+        self.cfg = cfg
+        self.modules = _module_map(cfg)
+        self.inverse = {ours: (adm, kind) for adm, (ours, kind) in self.modules.items()}
+
+    def _sub(self, kind: str, rest: str) -> str | None:
+        """ADM name inside a module -> ours (None: the fused qkv, handled separately)."""
+        if kind == "res":
+            head, _, leaf = rest.rpartition(".")
+            return f"{_RES[head]}.{leaf}" if head in _RES else None
+        if kind == "attn":
+            head, _, leaf = rest.rpartition(".")
+            return None if head == "qkv" else (f"{_ATTN[head]}.{leaf}" if head in _ATTN else None)
+        if kind == "resample":  # Downsample's `op` or Upsample's `conv`
+            return "conv." + rest.split(".", 1)[1] if rest.split(".")[0] in ("op", "conv") else None
+        return rest
+
+    def to_ours(self, adm: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """ADM-named tensors -> ours (the qkv split into q, k, v in the legacy head layout)."""
+        out = {}
+        for key, value in adm.items():
+            m = _SPLIT.match(key)
+            if not m or m.group(1) not in self.modules:
+                raise KeyError(key)
+            ours, kind = self.modules[m.group(1)]
+            rest = m.group(2)
+            if kind == "attn" and rest.startswith("qkv."):
+                leaf = rest.split(".", 1)[1]
+                c = value.shape[0] // 3
+                h = _heads(self.cfg, c)
+                rows = value.reshape(h, 3, c // h, *value.shape[1:])
+                for i, name in enumerate(_QKV):
+                    out[f"{ours}.{name}.{leaf}"] = rows[:, i].reshape(c, *value.shape[1:2])
+                continue
+            sub = self._sub(kind, rest)
+            if sub is None:
+                raise KeyError(key)
+            if kind == "attn" and rest == "proj_out.weight":
+                value = value.reshape(value.shape[0], value.shape[1])
+            out[f"{ours}.{sub}"] = value
+        return out
+
+    def to_adm(self, ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Our tensors -> ADM names and layouts (attention q, k, v fused; Conv1d shapes)."""
+        rev = {}
+        for adm_mod, (our_mod, kind) in self.modules.items():
+            if kind == "res":
+                rev.update({f"{our_mod}.{v}": f"{adm_mod}.{k}" for k, v in _RES.items()})
+            elif kind == "attn":
+                rev.update({f"{our_mod}.{v}": f"{adm_mod}.{k}" for k, v in _ATTN.items()})
+            elif kind == "resample":
+                rev[f"{our_mod}.conv"] = f"{adm_mod}.{'op' if 'down' in our_mod else 'conv'}"
+            else:
+                rev[our_mod] = adm_mod
+        out, qkv = {}, {}
+        for key, value in ours.items():
+            mod, _, leaf = key.rpartition(".")
+            parent, _, proj = mod.rpartition(".")
+            if proj in _QKV and parent in self.inverse:
+                qkv.setdefault((parent, leaf), {})[proj] = value
+                continue
+            if mod not in rev:
+                raise KeyError(key)
+            if mod.endswith(".to_out.0") and leaf == "weight":
+                value = value.reshape(*value.shape, 1)
+            out[f"{rev[mod]}.{leaf}"] = value
+        for (parent, leaf), parts in qkv.items():
+            q, k, v = (parts[n] for n in _QKV)
+            c = q.shape[0]
+            h = _heads(self.cfg, c)
+            fused = torch.stack([t.reshape(h, c // h, *t.shape[1:]) for t in (q, k, v)], dim=1)
+            fused = fused.reshape(3 * c, *q.shape[1:])
+            out[f"{self.inverse[parent][0]}.qkv.{leaf}"] = fused.reshape(*fused.shape, 1) if leaf == "weight" \
+                else fused
+        return out
+
+
+LEGACY_MARK = "input_blocks.0.0.weight"
+
+
+class _LegacyLoader:
+    """Load hook: a state dict in the former own-ADM layout is relaid out before loading."""
+
+    def __init__(self, cfg: UNetConfig):
+        self.cfg = cfg
+
+    def __call__(self, module, state_dict, prefix, *_args):
+        if prefix + LEGACY_MARK not in state_dict:
+            return
+        keys = [k for k in state_dict if k.startswith(prefix)]
+        adm = {k[len(prefix):]: state_dict.pop(k) for k in keys}
+        for k, v in adm_to_diffusers(adm, self.cfg).items():
+            state_dict[prefix + k] = v
+
+
+def adm_to_diffusers(adm: dict[str, torch.Tensor], cfg: UNetConfig) -> dict[str, torch.Tensor]:
+    """A whole ADM-layout UNet state dict -> ours; one clear line if it is not one."""
+    from her2core.errors import UserError
+
+    try:
+        return ADMLayout(cfg).to_ours(adm)
+    except KeyError as exc:
+        raise UserError(f"UNet weights in the former ADM layout hold '{exc.args[0]}', which this UNet "
+                        "config does not have; was it written with other unet settings?") from None

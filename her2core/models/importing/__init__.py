@@ -74,7 +74,8 @@ def convert_checkpoints(name: str, checkpoints, *, preset: str = "paper", overri
         target = part.target(ours)
         if not target:
             raise AssertionError(f"{cls.name} importer: no tensors under '{part.prefix}'")
-        for k, v in convert(part.tensors, target, part.rules, source=part.label, hint=mod.HINT).items():
+        converted = convert(part.tensors, target, part.rules, source=part.label, hint=mod.HINT)
+        for k, v in part.land(converted).items():
             state[part.prefix + k] = v
         part.tensors = {}  # free the reference copy early (paper diffusion nets are GBs)
     return cls, cfg, state, plan, skeleton

@@ -4,8 +4,8 @@ The reference saves {step, model, epoch, ema}: `model` is the BrownianBridgeMode
 state dict — the UNet under `denoise_fn.` plus the bridge schedule buffers (`m_t`,
 `m_tminus`, `variance_t`, `variance_tminus`, `variance_t_tminus`, `posterior_variance_t`);
 `ema` is a plain {name: tensor} dict of the trainable parameters only (same prefix), and
-is what the reference samples with. The UNet's module names are ours (`denoise_fn.` ->
-`unet.` / `unet_ema.`). The schedule buffers are not stored: our bridge recomputes them
+is what the reference samples with. The UNet's names are the ADM UNet's (`denoise_fn.` ->
+`unet.` / `unet_ema.`, relaid out onto our diffusers UNet by `ADMLayout`). The schedule buffers are not stored: our bridge recomputes them
 from the settings, and the import checks that they agree (a `sin` m_t schedule or another
 max_var fails here rather than sampling wrongly). A file without `ema` (use_ema False)
 samples with the model weights, as the reference does.
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from her2core.errors import UserError
+from her2core.models.diffusion.unet import ADMLayout
 from her2core.models.importing.core import DROP, Part, Plan, Rules, entry, tensor_dict
 
 FILES = ("last_model.pth | top_model_*.pth",)
@@ -60,13 +61,14 @@ def plan(objects, paths, config) -> Plan:
     if not isinstance(obj, dict):
         raise UserError(f"{src}: expected BBDM's {{step, model, epoch, ema}} dict, found {type(obj).__name__}")
     model = tensor_dict(entry(obj, "model", src), f"{src}['model']")
-    parts = [Part(f"{src}['model']", model, "unet.", rules(f"{src}['model']", config))]
+    layout = ADMLayout(config.unet)
+    parts = [Part(f"{src}['model']", model, "unet.", rules(f"{src}['model']", config), layout=layout)]
     notes = {"step": obj.get("step"), "epoch": obj.get("epoch")}
     if "ema" in obj and obj["ema"] is not None:
         ema = tensor_dict(obj["ema"], f"{src}['ema']", "EMA dict")
-        parts.append(Part(f"{src}['ema']", ema, "unet_ema.", rules(f"{src}['ema']", config)))
+        parts.append(Part(f"{src}['ema']", ema, "unet_ema.", rules(f"{src}['ema']", config), layout=layout))
         notes["sampling_weights"] = "ema"
     else:
-        parts.append(Part(f"{src}['model']", model, "unet_ema.", rules(f"{src}['model']", config)))
+        parts.append(Part(f"{src}['model']", model, "unet_ema.", rules(f"{src}['model']", config), layout=layout))
         notes["sampling_weights"] = "model (the file has no 'ema')"
     return Plan(parts, notes)

@@ -1,10 +1,11 @@
 """openai/consistency_models checkpoints (`ema_<rate>_NNNNNN.pt`, `modelNNNNNN.pt`, `target_modelNNNNNN.pt`).
 
 The reference saves plain state dicts, fp16 where it trained in fp16 (cast to float32 here,
-exactly). Module names are ours one to one, except the attention blocks: upstream `qkv` and
-`proj_out` are 1×1 `Conv2d` (C', C, 1, 1), ours `Conv1d` (C', C, 1); and upstream orders the
-qkv output rows q|k|v first, then heads (`b (three h d) s`), where ours (guided-diffusion's
-legacy layout) is heads first, then q|k|v. So qkv rows are permuted (three, heads, d) ->
+exactly). The rules map onto the ADM layout of guided-diffusion (`ADMLayout`, then relaid out
+exactly onto our diffusers UNet), which differs from upstream only in the attention blocks:
+upstream `qkv` and `proj_out` are 1×1 `Conv2d` (C', C, 1, 1), ADM's `Conv1d` (C', C, 1); and
+upstream orders the qkv output rows q|k|v first, then heads (`b (three h d) s`), where the ADM
+legacy layout is heads first, then q|k|v. So qkv rows are permuted (three, heads, d) ->
 (heads, three, d); proj_out only drops the trailing 1. The file fills the online UNet, the
 CT target and the sampling EMA. The published checkpoints are unconditional (3 input
 channels); ours is conditioned on the H&E tile (6), so those fail on `input_blocks.0.0.weight`.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import re
 
+from her2core.models.diffusion.unet import ADMLayout
 from her2core.models.importing.core import Part, Plan, Rules, strip_module_prefix, tensor_dict
 
 FILES = ("ema_*.pt | model*.pt",)
@@ -55,5 +57,5 @@ def rules(unet_config) -> Rules:
 def plan(objects, paths, config) -> Plan:
     sd = strip_module_prefix(tensor_dict(objects[0], str(paths[0]), "consistency-model state dict"))
     r = rules(config.unet)
-    parts = [Part(str(paths[0]), sd, prefix, r) for prefix in ("unet.", "target.", "unet_ema.")]
+    parts = [Part(str(paths[0]), sd, prefix, r, layout=ADMLayout(config.unet)) for prefix in ("unet.", "target.", "unet_ema.")]
     return Plan(parts, {"dtype": str(next(iter(sd.values())).dtype)})

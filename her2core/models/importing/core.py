@@ -168,11 +168,19 @@ class Part:
     prefix: str  # our framework state-dict prefix, e.g. "G." or "unet_ema."
     rules: Rules
     scope: tuple[str, ...] | None = None  # with prefix "": only our keys starting with one of these
+    # an exact relayout of our module seen in the reference's own layout (e.g. the diffusers UNet
+    # as the ADM UNet, `diffusion.unet.ADMLayout`): `rules` then map onto that view
+    layout: object | None = None
 
     def target(self, ours: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Our tensors this part must fill (names relative to `prefix`)."""
+        """Our tensors this part must fill (names relative to `prefix`), in the layout `rules` map onto."""
         sub = sub_state(ours, self.prefix)
-        return {k: v for k, v in sub.items() if self.scope is None or k.startswith(self.scope)}
+        sub = {k: v for k, v in sub.items() if self.scope is None or k.startswith(self.scope)}
+        return self.layout.to_adm(sub) if self.layout is not None else sub
+
+    def land(self, converted: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Tensors converted onto `target` -> our module's own names and layout."""
+        return self.layout.to_ours(converted) if self.layout is not None else converted
 
 
 @dataclass
