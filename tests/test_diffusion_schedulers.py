@@ -11,27 +11,13 @@ import math
 
 import pytest
 import torch
+from test_diffusion_units import gaussian_eps
 
 from her2core.errors import UserError
 from her2core.models.bbdm import BBDM
 from her2core.models.ddib import DDIB
 from her2core.models.diffusion.bridge import BrownianBridge
-from her2core.models.diffusion.ddim import GaussianDiffusion, diffusers_scheduler, scheduler_decode
-
-
-def _gaussian_eps():
-    gen = torch.Generator().manual_seed(0)
-    mu = torch.rand(1, 3, 16, 16, generator=gen) * 1.2 - 0.6
-    var = torch.rand(1, 3, 16, 16, generator=gen) * 0.1 + 0.01
-    x0 = (mu + var.sqrt() * torch.randn(4, 3, 16, 16, generator=gen)).clamp(-1, 1)
-    d = GaussianDiffusion(1000)
-    acp = torch.tensor(d.alphas_cumprod, dtype=torch.float32)
-
-    def eps(x, t):
-        a = acp[t.long()][:, None, None, None]
-        return (1 - a).sqrt() * (x - a.sqrt() * mu) / (a * var + 1 - a)
-
-    return d, eps, x0
+from her2core.models.diffusion.ddim import diffusers_scheduler, scheduler_decode
 
 
 def _psnr(a, b):
@@ -40,7 +26,7 @@ def _psnr(a, b):
 
 @pytest.mark.parametrize("clip", [False, True])
 def test_diffusers_ddim_decode_equals_guided_diffusions(clip):
-    d, eps, x0 = _gaussian_eps()
+    d, eps, x0 = gaussian_eps()
     z = d.ddim_encode(eps, x0, steps=50)
     ours = d.ddim_decode(eps, z, steps=50, clip=clip)
     theirs = scheduler_decode(eps, z, diffusers_scheduler("ddim-diffusers", 1000, clip), steps=50)
@@ -49,7 +35,7 @@ def test_diffusers_ddim_decode_equals_guided_diffusions(clip):
 
 @pytest.mark.parametrize("name,steps,db", [("dpmsolver++", 20, 30.0), ("euler", 50, 25.0)])
 def test_other_solvers_reach_the_same_ode_solution(name, steps, db):
-    d, eps, x0 = _gaussian_eps()
+    d, eps, x0 = gaussian_eps()
     z = d.ddim_encode(eps, x0, steps=50)
     reference = d.ddim_decode(eps, z, steps=50, clip=False)
     out = scheduler_decode(eps, z, diffusers_scheduler(name, 1000, False), steps=steps)

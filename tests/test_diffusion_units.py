@@ -83,8 +83,8 @@ def test_ddim_respacing_is_guided_diffusions():
     assert len(ts) == 37 and ts[0] == 0 and ts[-1] == 999
 
 
-def test_ddim_encode_decode_inverts_under_the_exact_score_of_gaussian_data():
-    """With the exact epsilon of a Gaussian data law the reverse ODE is invertible: 50 steps >= 30 dB."""
+def gaussian_eps():
+    """(diffusion, the exact epsilon of a Gaussian data law, 4 samples x0 of that law)."""
     gen = torch.Generator().manual_seed(0)
     mu = torch.rand(1, 3, 16, 16, generator=gen) * 1.2 - 0.6
     var = torch.rand(1, 3, 16, 16, generator=gen) * 0.1 + 0.01
@@ -96,6 +96,12 @@ def test_ddim_encode_decode_inverts_under_the_exact_score_of_gaussian_data():
         a = acp[t.long()][:, None, None, None]
         return (1 - a).sqrt() * (x - a.sqrt() * mu) / (a * var + 1 - a)
 
+    return d, eps, x0
+
+
+def test_ddim_encode_decode_inverts_under_the_exact_score_of_gaussian_data():
+    """With the exact epsilon of a Gaussian data law the reverse ODE is invertible: 50 steps >= 30 dB."""
+    d, eps, x0 = gaussian_eps()
     z = d.ddim_encode(eps, x0, steps=50)
     assert 0.7 < z.std().item() < 1.3  # the latent is noise-like
     rec = d.ddim_decode(eps, z, steps=50, clip=False)
