@@ -2,6 +2,7 @@
 
     python benchmarks/reference_import.py --refs DIR [--frameworks all] [--work DIR] [--threads 2]
     python benchmarks/reference_import.py --refs DIR --write-fixtures tests/fixtures/reference_keys
+    python benchmarks/reference_import.py --refs DIR --frameworks ddib,consistency,bbdm --unet-only
 
 DIR holds the six reference repositories as checked out (commits in docs/references.md):
 BCI/, AdaptiveSupervisedPatchNCE/, BCIStainer/, BBDM/, ddib/,
@@ -40,6 +41,10 @@ sensitivity, not a comparison; `translate_within_reference_float32_sensitivity` 
 with it). The CLI's PNGs differ from the rounded reference by one level in ~0.1 % of values
 (BBDM 9, consistency 3, DDIB ~230 of 196,608): `her2 translate` feeds channels-last tiles,
 so convolutions pick other kernels and values at rounding boundaries flip.
+
+--unet-only (diffusion frameworks) compares the UNet forward alone on the same randomised weights at
+64², fixed (x_t, t): measured 2026-12-02 with the diffusers UNet2DModel, BBDM 1.7e-6, DDIB 1.1e-6,
+consistency model 4.7e-5 (its reference attention as written, q, k, v cast to fp16); ~2 minutes.
 
 --write-fixtures writes, per framework, the names, shapes and dtypes of what the reference
 saves (built on the meta device: no memory), for the CI tests in tests/test_import_*.py.
@@ -564,6 +569,50 @@ def check(fw: str, refs: Path, work: Path, threads: int) -> dict:
     return res
 
 
+def unet_check(fw: str, refs: Path, work: Path) -> dict:
+    """The diffusion UNet alone: the reference network and ours (through `her2 import`'s mapping)
+    on the same randomised weights, one forward at 64² and a fixed (x_t, t); fast on a CPU."""
+    import torch
+
+    from her2core.models.importing import convert_checkpoints
+
+    torch.manual_seed(0)
+    files = saved_objects(fw, refs)
+    d = work / f"{fw}_unet"
+    d.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, obj in files.items():
+        torch.save(obj, d / name)
+        paths.append(d / name)
+    cls, cfg, state, _plan, _skeleton = convert_checkpoints(fw, paths, preset="paper")
+    ours = cls(cfg)
+    ours.load_state_dict(state, strict=False)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        if fw == "ddib":
+            ref, _ = ref_ddib(refs)
+            ref.load_state_dict(files["ema_0.9999_he.pt"])
+            x, t = torch.randn(1, 3, 64, 64, generator=g), torch.tensor([500])
+            a, b = ref.eval()(x, t), ours.ema_he.eval()(x, t)
+        elif fw == "consistency":  # the reference's legacy attention runs as written (q, k, v in fp16)
+            ref = ref_consistency(refs)[0]
+            ref.load_state_dict(files["ema_0.9999432189950708_000000.pt"])
+            x, t = torch.randn(1, 6, 64, 64, generator=g), torch.tensor([0.37])
+            a, b = ref.eval()(x, t), ours.unet_ema.eval()(x, t)
+        elif fw == "bbdm":
+            net, _ = ref_bbdm(refs, sample_step=3)
+            net.load_state_dict(files["last_model.pth"]["model"])
+            x, x_t = torch.rand(1, 3, 64, 64, generator=g) * 2 - 1, torch.randn(1, 3, 64, 64, generator=g)
+            t = torch.tensor([500])
+            a = net.denoise_fn.eval()(x_t, timesteps=t, context=x)
+            b = ours.unet.eval()(torch.cat([x_t, x], dim=1), t)  # ours takes the condition concatenated
+        else:
+            raise ValueError(f"{fw}: --unet-only is for the diffusion frameworks")
+    diff = float((a.float() - b.float()).abs().max())
+    return {"framework": fw, "unet_max_abs": diff, "reference_max_abs": float(a.abs().max()),
+            "pass": diff <= 1e-4}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--refs", type=Path, required=True, help="folder holding the six reference repositories")
@@ -571,6 +620,8 @@ def main(argv=None) -> int:
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--write-fixtures", type=Path, default=None, help="write the key/shape lists and stop")
+    p.add_argument("--unet-only", action="store_true",
+                   help="diffusion frameworks: compare the UNet forward alone (minutes, not hours)")
     args = p.parse_args(argv)
     deps = args.refs / "_deps"
     if deps.is_dir():
@@ -588,7 +639,7 @@ def main(argv=None) -> int:
         work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="her2_refimport_")))
         results = []
         for fw in names:
-            r = check(fw, args.refs, work, args.threads)
+            r = unet_check(fw, args.refs, work) if args.unet_only else check(fw, args.refs, work, args.threads)
             print(json.dumps(r), flush=True)
             results.append(r)
     ok = all(r["pass"] for r in results)
