@@ -290,7 +290,30 @@ CASES = [
     ("checkpoint-shape-mismatch", lambda w, t: _translate_tiles(w, t, _other_width(w, t)), ["does not fit"]),
     ("train-resume-run-json-list", lambda w, t: ["train", "--model", "pyramid_pix2pix", "--out",
                                                  _damage(w, t, "run.json", b"[]"), "--resume"], ["run.json"]),
+    # bad files for the QuPath bridge, the review and the checkpoint import
+    ("qupath-project-rois-infinity", lambda w, t: ["qupath", "project", "--out", t / "qp", "--image",
+                                                   w["slide"], "--rois", _geojson(t, "inf", _INF_GEOJSON)],
+     ["inf.geojson"]),
+    ("qupath-project-transform-list", lambda w, t: ["qupath", "project", "--out", t / "qp", "--image",
+                                                    w["slide"], "--registered",
+                                                    _write(t / "transform.json", b"[1, 2]")],
+     ["transform.json"]),
+    ("qupath-import-geojson-deep", lambda w, t: ["qupath", "import", "--project", _project(w, t),
+                                                 "--image", Path(w["slide"]).name, "--geojson",
+                                                 _geojson(t, "deep", "[" * 10**5)], ["deep.geojson"]),
+    ("import-random-bytes", lambda w, t: ["import", "asp", _write(t / "x.pth", os.urandom(4096)),
+                                          "--out", t / "r"], ["x.pth"]),
 ]
+
+
+def _project(w, tmp: Path) -> Path:
+    """A valid QuPath project holding the world's slide (made before the bad input)."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["qupath", "project", "--out", str(tmp / "qp"), "--image", str(w["slide"])]) == 0
+    return tmp / "qp"
 
 _INF_GEOJSON = ('{"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {}, '
                 '"geometry": {"type": "Polygon", "coordinates": [[[0, 0], [Infinity, 0], [10, 10], '
