@@ -14,15 +14,15 @@ from napari_her2stain import _jobs
 pytestmark = [pytest.mark.gui]
 
 
-def _run(job_fn, qtbot, threaded, cleaned):
-    """Start `job_fn` (threaded: a napari thread_worker), cancel it at its third progress step; what `on_finish` saw of the cleanup."""
+def _run(job_fn, qtbot, cleaned):
+    """Start `job_fn` in a napari thread_worker, cancel it at its third progress step; what `on_finish` saw of the cleanup."""
     done, seen_at_finish, holder = [], [], {}
 
     def on_progress(p):
         if p.done >= 2:
             holder["job"].cancel()
 
-    _jobs.set_threaded(threaded)
+    _jobs.set_threaded(True)
     try:
         holder["job"] = job = _jobs.start(job_fn, on_done=done.append, on_progress=on_progress,
                                           on_finish=lambda: seen_at_finish.append(cleaned.is_set()))
@@ -45,7 +45,7 @@ def test_cancelled_generator_is_closed_before_finished(qtbot):
             time.sleep(0.3)  # e.g. removing a half-written .part pyramid
             cleaned.set()
 
-    job, done, seen_at_finish = _run(job_fn, qtbot, True, cleaned)
+    job, done, seen_at_finish = _run(job_fn, qtbot, cleaned)
     assert job.cancelled and done == []
     assert seen_at_finish == [True]
 
@@ -68,6 +68,6 @@ def test_cancelled_stepwise_call_unwinds_before_finished(qtbot):
     def job_fn(cancel):
         return (yield from _jobs.stepwise(_slow_call, cancel=cancel, cleaned=cleaned))
 
-    job, done, seen_at_finish = _run(job_fn, qtbot, True, cleaned)
+    job, done, seen_at_finish = _run(job_fn, qtbot, cleaned)
     assert job.cancelled and done == []
     assert seen_at_finish == [True]

@@ -74,11 +74,9 @@ def run(args) -> int:
     else:
         if not (args.pred and args.target):
             raise UserError("give --pred DIR --target DIR, or --run RUN --data DATASET")
-        from her2core.util.outputs import locked
-
-        with locked(args.out, "her2 evaluate"):
-            res = evaluate_folders(args.pred, args.target, args.out, s, he_dir=args.he,
-                                   progress=not args.quiet, log=log)
+        # (the output's lock is held by the CLI dispatcher, as for every command with --out)
+        res = evaluate_folders(args.pred, args.target, args.out, s, he_dir=args.he,
+                               progress=not args.quiet, log=log)
     if args.confidence is not None:
         cal = _calibration(args)
         sp = cal["sparsification"]

@@ -34,9 +34,14 @@ def saturation_value(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def glass_pixels(rgb: np.ndarray, *, max_saturation: float = GLASS_MAX_SATURATION,
                  min_value: float = GLASS_MIN_VALUE) -> np.ndarray:
-    """Boolean mask of the glass (background) pixels of an RGB uint8 image."""
-    sat, val = saturation_value(rgb)
-    return (sat < max_saturation) & (val > min_value)
+    """Boolean mask of the glass (background) pixels of an RGB uint8 image: saturation below
+    `max_saturation` and value above `min_value` (as `saturation_value` defines them), compared
+    without a division (value > v <=> max > 255 v; saturation < s <=> max - min < s max), which
+    keeps it cheap on every tile of a slide translation."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    mx = np.maximum(np.maximum(r, g), b)
+    mn = np.minimum(np.minimum(r, g), b)
+    return (mx > np.float32(255.0 * min_value)) & ((mx - mn) < np.float32(max_saturation) * mx)
 
 
 def is_empty_tile(rgb: np.ndarray, max_tissue: float = EMPTY_MAX_TISSUE) -> bool:
