@@ -12,6 +12,8 @@ import sys
 import torch
 from test_inference_support import ConvNet
 
+from her2core.inference.options import InferenceOptions
+
 
 def framework(name: str):
     if name == "convnet":
@@ -29,19 +31,21 @@ def main(job: str, *args: str) -> None:
         from her2core.inference.tiles import translate_tile_folder
 
         model, src, out = args
-        translate_tile_folder(framework(model), src, out, steps=2, batch_size=2, seed=0, progress=False)
+        translate_tile_folder(framework(model), src, out,
+                              InferenceOptions(steps=2, batch_size=2, seed=0))
     elif job == "slide":
         from her2core.inference.slide import translate_slide
 
         slide, out = args
-        translate_slide(ConvNet(), slide, out, work_mpp=0.5, tile=64, overlap=16, batch_size=2,
-                        progress=False)
+        translate_slide(ConvNet(), slide, out,
+                        InferenceOptions(work_mpp=0.5, tile=64, overlap=16, batch_size=2))
     elif job == "batch":
         from her2core.pipelines.batch import run_batch
 
         cases, out = args
-        run_batch(ConvNet(), cases, out, work_mpp=0.5, tile=64, overlap=16, metric_tile=64,
-                  batch_size=2, progress=False)
+        run_batch(ConvNet(), cases, out,
+                  InferenceOptions(work_mpp=0.5, tile=64, overlap=16, batch_size=2),
+                  metric_tile=64)
     else:
         raise SystemExit(f"unknown job {job}")
 

@@ -89,13 +89,15 @@ def test_diffusion_tiles_resume_is_byte_identical_when_a_batch_was_half_written(
     missing tile (seeded by its index), so the stochastic sampler drew other noise."""
     from kill_driver import framework
 
+    from her2core.inference.options import InferenceOptions
     from her2core.inference.tiles import translate_tile_folder
 
     fw = framework("bbdm")
-    kw = {"steps": 2, "batch_size": 2, "seed": 0, "progress": False}
+    opts = InferenceOptions(steps=2, batch_size=2, seed=0)
+    kw = {"options": opts}
     translate_tile_folder(fw, he_tiles, tmp_path / "full", **kw)
     want = _files(tmp_path / "full")
-    translate_tile_folder(fw, he_tiles, tmp_path / "other_seed", **{**kw, "seed": 1})
+    translate_tile_folder(fw, he_tiles, tmp_path / "other_seed", opts.replace(seed=1))
     assert _files(tmp_path / "other_seed") != want  # the seed matters: the sampler is stochastic
     cut = tmp_path / "cut"
     translate_tile_folder(fw, he_tiles, cut, **kw)
