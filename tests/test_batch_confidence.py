@@ -128,6 +128,11 @@ def test_batch_confidence_resumes_skips_and_equals_translate(run, cases_csv, tmp
                      "virtual_her2.confidence_rois.json"):
             assert (alone.parent / name).read_bytes() == finished[f"{case}/{name}"], (case, name)
     assert (tmp_path / "alone_A" / "virtual_her2.confidence_rois.geojson").exists()
+    assert "virtual_her2.confidence_rois.geojson" in json.loads(finished["A/DONE"])["outputs"]
+
+    # redone by other settings without --confidence: no confidence of the old slides is left
+    run_batch(run, cases_csv, out, OPTS.replace(seed=1), overwrite=True)
+    assert not list(out.rglob("*confidence*")) and not list(out.rglob(".*"))
 
 
 DRIVER = """

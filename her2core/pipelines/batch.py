@@ -10,9 +10,14 @@ Per case, OUT/<case>/ receives
     virtual_her2.ome.tif  pyramidal OME-TIFF at the model's working mpp, origin = region origin
     rois.geojson          the ROIs used (or the translated rectangle when no ROI was given)
     metrics.json          when `her2` is given: evaluation metrics on ROI tiles (see `metrics`)
+    virtual_her2.confidence.ome.tif, virtual_her2.confidence_rois.json[, .geojson]
+                          with `confidence`: the confidence pyramid on the virtual slide's grid
+                          and its per-ROI summaries (`inference.confidence_out`)
     DONE                  written last; records the model's weights fingerprint and the
                           settings; a case whose DONE matches is skipped on re-run, one made
                           by another model or settings is refused unless `overwrite`
+While a case is under way, `.virtual.json` (its virtual slide is finished) and `.confidence.json`
+(its confidence was begun with these settings) let a killed batch resume inside the case.
 OUT is locked while a batch writes it (`her2core.util.outputs`; by rank 0 under torchrun).
 A case with a problem the user can fix (slide without mpp, ROI outside the slide, ...)
 is reported on one line and skipped; the others go on (the command then exits 2).
@@ -146,13 +151,27 @@ def _virtual_job(job: dict) -> dict:
     return {k: v for k, v in job.items() if k != "confidence"}
 
 
-def _read_json(path: Path):
+def _read_dict(path: Path) -> dict:
+    """A JSON object from `path`, or {} when it is missing or not one (a marker half-written)."""
     import json
 
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (OSError, ValueError):
-        return None
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _drop_confidence(virtual: Path) -> None:
+    """A redone virtual slide's old confidence outputs (and carrier) no longer describe it."""
+    from her2core.inference.confidence_out import confidence_path
+
+    conf = confidence_path(virtual)
+    stem = conf.name.split(".")[0]
+    for p in (conf, conf.with_name(f".{conf.name}.rgb.ome.tif"),
+              conf.with_name(f"{stem}.confidence_rois.json"),
+              conf.with_name(f"{stem}.confidence_rois.geojson")):
+        p.unlink(missing_ok=True)
 
 
 def _pending(cases: list[Case], out_dir: Path, job: dict, overwrite: bool) -> dict[str, _Pending]:
@@ -169,9 +188,8 @@ def _pending(cases: list[Case], out_dir: Path, job: dict, overwrite: bool) -> di
     other = []
     for c in cases:
         case_dir = out_dir / c.case
-        done = _read_json(case_dir / DONE_NAME) if (case_dir / DONE_NAME).exists() else None
         if (case_dir / DONE_NAME).exists():
-            was = done.get("job") if isinstance(done, dict) else None
+            was = _read_dict(case_dir / DONE_NAME).get("job")
             if was == want or ("confidence" not in want and isinstance(was, dict)
                                and _virtual_job(was) == want):
                 continue
@@ -183,11 +201,10 @@ def _pending(cases: list[Case], out_dir: Path, job: dict, overwrite: bool) -> di
             if overwrite:
                 pending[c.case] = _Pending(c)
             continue
-        marker = _read_json(case_dir / VIRTUAL_MARKER) or {}
-        keep_virtual = marker.get("job") == want_virtual and (case_dir / VIRTUAL_NAME).exists()
-        conf_marker = _read_json(case_dir / CONFIDENCE_MARKER) or {}
-        keep_conf = (keep_virtual and "confidence" in want
-                     and conf_marker.get("confidence") == want["confidence"])
+        keep_virtual = (_read_dict(case_dir / VIRTUAL_MARKER).get("job") == want_virtual
+                        and (case_dir / VIRTUAL_NAME).exists())
+        keep_conf = (keep_virtual and "confidence" in want and _read_dict(
+            case_dir / CONFIDENCE_MARKER).get("confidence") == want["confidence"])
         pending[c.case] = _Pending(c, keep_virtual, keep_conf)
     if other and not overwrite:
         names = ", ".join(c.case for c in other[:3]) + (" ..." if len(other) > 3 else "")
@@ -211,6 +228,7 @@ def _translate_cases(translator, conf_translator, pending: dict[str, _Pending], 
                 write_json(case_dir / VIRTUAL_MARKER, {"job": _virtual_job(job)})
             else:
                 (case_dir / VIRTUAL_MARKER).unlink(missing_ok=True)
+                _drop_confidence(virtual_path)
             (case_dir / DONE_NAME).unlink(missing_ok=True)
         # only the case's leader shows its bars (the other ranks' tiles are counted there)
         listener = progress.within(case.case) if is_leader else Progress(
@@ -260,7 +278,10 @@ def _finish_case(case: Case, case_dir: Path, virtual: Path, metric_tile: int, jo
         from her2core.inference.confidence_out import confidence_path
 
         conf = confidence_path(virtual)
-        outputs += [conf.name, conf.name.split(".")[0] + ".confidence_rois.json"]
+        stem = conf.name.split(".")[0]
+        outputs += [conf.name, f"{stem}.confidence_rois.json"]
+        if case.rois is not None:
+            outputs.append(f"{stem}.confidence_rois.geojson")
     result: dict = {"case": case.case, "status": "translated"}
     if case.her2_registered is not None:
         metrics = slide_metrics(virtual, case.her2_registered, case.rois, tile=metric_tile)
