@@ -190,7 +190,7 @@ def add_confidence_arguments(p: argparse.ArgumentParser, what: str) -> None:
     c.add_argument("--confidence-method", default="auto", choices=CONFIDENCE_METHODS,
                    help="auto: seeds for diffusion models, dihedral test-time augmentation for GANs "
                         "(+ dropout samples where the network has dropout)")
-    c.add_argument("--confidence-samples", type=int, default=None,
+    c.add_argument("--confidence-samples", type=int_range(2), default=None,
                    help="predictions per tile K (default 4 on a CPU, 8 on a GPU)")
     c.add_argument("--runs", nargs="+", type=Path, default=[],
                    help="more runs of the same family: the confidence spans this ensemble too")
