@@ -122,7 +122,7 @@ def translate_slide_confidence(run, slide_path, virtual_path, options: Inference
 
     out = confidence_path(virtual_path)
     rgb = out.with_name(f".{out.name}.rgb.ome.tif")  # the carrier; a kill resumes from it
-    # a carrier beside the output: killed before the summaries were written, so finish them
+    # an output whose carrier is still beside it was killed before its summaries: finish them
     if out.exists() and not overwrite and not rgb.exists():
         raise UserError(f"{out}: output exists; pass --overwrite to replace it")
     translator = confidence_translator(run, options, settings=settings, runs=runs)

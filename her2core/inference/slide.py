@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from her2core.errors import UserError
-from her2core.inference.options import DEFAULT_OVERLAP, DEFAULT_TILE, InferenceOptions
+from her2core.inference.options import InferenceOptions
 from her2core.inference.region import (
     RegionPlan,
     TissueIndex,
@@ -54,7 +54,6 @@ from her2core.slide.writer import default_workers
 from her2core.util.progress import Progress, ensure
 
 FORMAT_VERSION = 2  # 2: the raw output is stored inverted (unwritten = white)
-__all__ = ["DEFAULT_OVERLAP", "DEFAULT_TILE", "Team", "translate_slide"]
 
 
 @dataclass
