@@ -3,6 +3,7 @@
     python kill_driver.py tiles MODEL IN_DIR OUT_DIR    translate_tile_folder (convnet or a tiny framework)
     python kill_driver.py slide SLIDE OUT               translate_slide with the test ConvNet
     python kill_driver.py batch CASES.csv OUT           run_batch with the test ConvNet
+    python kill_driver.py batch-confidence CASES.csv OUT    run_batch --confidence, tiny pix2pix
 """
 
 from __future__ import annotations
@@ -46,6 +47,14 @@ def main(job: str, *args: str) -> None:
         run_batch(ConvNet(), cases, out,
                   InferenceOptions(work_mpp=0.5, tile=64, overlap=16, batch_size=2),
                   metric_tile=64)
+    elif job == "batch-confidence":
+        from her2core.inference.confidence import ConfidenceSettings
+        from her2core.pipelines.batch import run_batch
+
+        cases, out = args
+        run_batch(framework("pyramid_pix2pix"), cases, out,
+                  InferenceOptions(work_mpp=0.5, tile=64, overlap=16, batch_size=2),
+                  confidence=ConfidenceSettings(samples=2))
     else:
         raise SystemExit(f"unknown job {job}")
 
