@@ -10,14 +10,10 @@ slide kept), DONE cases are skipped, and every output equals what `her2 translat
 from __future__ import annotations
 
 import json
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from test_inference_support import synth_he
+from test_inference_support import one_and_two_ranks, synth_he
 
 from her2core.cli import main as her2
 from her2core.errors import UserError
@@ -153,15 +149,8 @@ run_batch({run!r}, {csv!r}, sys.argv[1], InferenceOptions(work_mpp=0.5, tile=64,
 def test_two_torchrun_ranks_give_the_confidence_of_one_process(run, cases_csv, tmp_path):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER.format(tests=str(TESTS), run=str(run), csv=str(cases_csv)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)])}
-    one, two = tmp_path / "one", tmp_path / "two"
-    subprocess.run([sys.executable, str(driver), str(one)], check=True, env=env, timeout=600)
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                        "--nproc-per-node", "2", str(driver), str(two)],
-                       env=env, timeout=600, capture_output=True, text=True, check=False)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert re.search(r"B: wrote", r.stdout) and re.search(r"A: wrote", r.stdout)
+    one, two, stdout = one_and_two_ranks(driver, tmp_path)
+    assert "A: wrote" in stdout and "B: wrote" in stdout
     a, b = _files(one), _files(two)
     assert "B/virtual_her2.confidence.ome.tif" in a and sorted(a) == sorted(b)
     for name in a:
