@@ -56,9 +56,11 @@ def main(argv=None) -> int:
     import torch
 
     from her2core.inference.model import Translator
+    from her2core.inference.options import InferenceOptions
     from her2core.inference.slide import translate_slide
     from her2core.models import registry
     from her2core.slide import write_pyramid
+    from her2core.util.progress import Progress
 
     if args.make_slide is not None:
         t = time.perf_counter()
@@ -130,9 +132,10 @@ def main(argv=None) -> int:
 
         finished = True
         try:
-            translate_slide(tr, slide, work / "virtual.ome.tif", tile=args.tile, overlap=args.overlap,
-                            batch_size=args.batch_size, workers=args.workers,
-                            progress=True, callback=tick)
+            translate_slide(tr, slide, work / "virtual.ome.tif",
+                            InferenceOptions(tile=args.tile, overlap=args.overlap,
+                                             batch_size=args.batch_size, workers=args.workers),
+                            progress=Progress(lambda _stage, done, total: tick(done, total)))
         except OutOfTime:
             finished = False
         t_end = time.perf_counter()

@@ -191,7 +191,9 @@ def child_memory(args) -> None:
     """Subprocess: translate a whole slide and print peak memory as JSON."""
     import torch
 
+    from her2core.inference.options import InferenceOptions
     from her2core.inference.slide import translate_slide
+    from her2core.util.progress import Progress
 
     torch.set_num_threads(args.threads)
     tr = translator_for(args)
@@ -209,9 +211,10 @@ def child_memory(args) -> None:
             last[0] = time.perf_counter()
 
     with MemorySampler() as mem:
-        translate_slide(tr, slide, out, tile=args.tile, overlap=args.overlap,
-                        batch_size=args.batch_size, progress=False, overwrite=True, callback=tick,
-                        workers=args.workers[-1])
+        translate_slide(tr, slide, out,
+                        InferenceOptions(tile=args.tile, overlap=args.overlap,
+                                         batch_size=args.batch_size, workers=args.workers[-1]),
+                        overwrite=True, progress=Progress(lambda _s, d, total: tick(d, total)))
     t_end = time.perf_counter()
     last_tile = (last[0] or t_end) - t0
     print(json.dumps({"slide": slide.name, "tiles": done[0], "seconds": t_end - t0,
@@ -229,6 +232,7 @@ def child_memory(args) -> None:
 def speed(args, work: Path) -> dict:
     import torch
 
+    from her2core.inference.options import InferenceOptions
     from her2core.inference.region import plan_region
     from her2core.inference.slide import translate_slide
     from her2core.slide import open_slide
@@ -264,9 +268,10 @@ def speed(args, work: Path) -> dict:
     fwd = forward_seconds(tiles)
     before = tr.tiles_translated
     t = time.perf_counter()
-    translate_slide(tr, slide, work / "speed_virtual.ome.tif", tile=args.tile,
-                    overlap=args.overlap, batch_size=args.batch_size, progress=False, overwrite=True,
-                    workers=args.workers[-1])
+    translate_slide(tr, slide, work / "speed_virtual.ome.tif",
+                    InferenceOptions(tile=args.tile, overlap=args.overlap,
+                                     batch_size=args.batch_size, workers=args.workers[-1]),
+                    overwrite=True)
     e2e = time.perf_counter() - t
     assert tr.tiles_translated - before == n, (tr.tiles_translated - before, n)
     # forward again after the slide run: on a shared machine the best of the two is the
@@ -293,10 +298,12 @@ def ceiling(args, work: Path) -> dict:
 
     import torch
 
+    from her2core.inference.options import InferenceOptions
     from her2core.inference.region import plan_region
     from her2core.inference.slide import translate_slide
     from her2core.slide import open_slide
     from her2core.slide.writer import halve, pyramid_shapes, tile_encoder
+    from her2core.util.progress import Progress
 
     torch.set_num_threads(args.threads)
     t = time.perf_counter()
@@ -338,9 +345,10 @@ def ceiling(args, work: Path) -> dict:
                 state["last_tile"] = time.perf_counter()
 
         t0 = time.perf_counter()
-        translate_slide(null_translator(), slide, out, tile=args.tile, overlap=args.overlap,
-                        batch_size=args.batch_size, progress=False, overwrite=True, callback=tick,
-                        workers=w)
+        translate_slide(null_translator(), slide, out,
+                        InferenceOptions(tile=args.tile, overlap=args.overlap,
+                                         batch_size=args.batch_size, workers=w),
+                        overwrite=True, progress=Progress(lambda _s, d, total, t=tick: t(d, total)))
         t_end = time.perf_counter()
         last = state.get("last_tile", t_end) - t0
         r = {"seconds": t_end - t0, "tiles_per_s": n / (t_end - t0), "last_tile_s": last,

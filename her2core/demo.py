@@ -228,8 +228,10 @@ class Demo:
 
     # -- 5. slide translation ----------------------------------------------------------------
     def translate(self) -> None:
+        from her2core.inference.options import InferenceOptions
         from her2core.inference.slide import translate_slide
         from her2core.slide import open_slide
+        from her2core.util.progress import tqdm_bars
 
         c = self.cfg
         test_cases = sorted(k for k, v in self.splits.items() if v == "test")
@@ -250,8 +252,9 @@ class Demo:
             for _, case_dir, region, out in plans))
         self.virtual = {}
         for label, case_dir, region, out in plans:
-            translate_slide(run_dir, case_dir / "he.ome.tif", out, region=region,
-                            overwrite=True, seed=c.seed, progress=True)
+            with tqdm_bars("tile") as bars:
+                translate_slide(run_dir, case_dir / "he.ome.tif", out, InferenceOptions(seed=c.seed),
+                                region=region, overwrite=True, progress=bars)
             self.virtual[label] = {"case": case_dir, "region": region, "path": out}
         self._done(st, virtual={k: str(v["path"]) for k, v in self.virtual.items()})
 

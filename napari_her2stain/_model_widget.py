@@ -48,30 +48,31 @@ def roi_features(vertices_rc: np.ndarray, shape_type: str, name: str | None = No
                                          "is_hole": [False]})
 
 
-def translate_rois(run_dir, he_path, rois: list[dict], out_dir, *, steps, seed, work_mpp, tile,
-                   overlap, cancel, confidence: bool = False):
-    """Job generator: translate each ROI; yields Progress, returns [(path, roi), ...]
-    (with `confidence`: [(path, roi, confidence path), ...])."""
+def translate_rois(run_dir, he_path, rois: list[dict], out_dir, options, *, cancel,
+                   confidence: bool = False):
+    """Job generator: translate each ROI with `options` (an InferenceOptions); yields Progress,
+    returns [(path, roi), ...] (with `confidence`: [(path, roi, confidence path), ...])."""
     from her2core.inference.slide import translate_slide
+    from her2core.util.progress import Progress as Listener
+
+    def listened(fn):  # the core hears stepwise's relay through the progress protocol
+        return lambda *a, callback, **kw: fn(*a, progress=Listener(callback), **kw)
 
     out_dir = Path(out_dir)
     results = []
     for k, roi in enumerate(rois):
         out = out_dir / f"virtual_her2_{roi['slug']}.ome.tif"
         path = yield from _jobs.stepwise(
-            translate_slide, run_dir, he_path, out, cancel=cancel, progress_kw="callback",
-            text=f"ROI {k + 1}/{len(rois)}", roi=roi_features(roi["vertices"], roi["shape_type"], roi["name"]),
-            steps=steps, seed=seed, work_mpp=work_mpp, tile=tile, overlap=overlap,
-            overwrite=True, progress=False)
+            listened(translate_slide), run_dir, he_path, out, options, cancel=cancel,
+            progress_kw="callback", text=f"ROI {k + 1}/{len(rois)}",
+            roi=roi_features(roi["vertices"], roi["shape_type"], roi["name"]), overwrite=True)
         if confidence:
             from her2core.inference.confidence_out import translate_slide_confidence
 
             conf = yield from _jobs.stepwise(
-                translate_slide_confidence, run_dir, he_path, out, cancel=cancel,
-                progress_kw="callback", text=f"ROI {k + 1}/{len(rois)} confidence",
-                roi=roi_features(roi["vertices"], roi["shape_type"], roi["name"]), steps=steps,
-                seed=seed, work_mpp=work_mpp, tile=tile, overlap=overlap, overwrite=True,
-                progress=False)
+                listened(translate_slide_confidence), run_dir, he_path, out, options,
+                cancel=cancel, progress_kw="callback", text=f"ROI {k + 1}/{len(rois)} confidence",
+                roi=roi_features(roi["vertices"], roi["shape_type"], roi["name"]), overwrite=True)
             results.append((Path(path), roi, Path(conf)))
             continue
         results.append((Path(path), roi))
@@ -210,10 +211,13 @@ class ModelWidget(Container):
         self.run_btn.enabled, self.cancel_btn.enabled = False, True
         self.status.value = f"running {info['framework']} on {len(rois)} ROI(s)…"
         self.progress.value = 0
-        self.job = _jobs.start(
-            translate_rois, run_dir, self.he_path(he), rois, Path(self.out_dir.value),
+        from her2core.inference.options import InferenceOptions
+
+        options = InferenceOptions(
             steps=int(self.steps.value) if info["diffusion"] else None, seed=int(self.seed.value),
-            work_mpp=work_mpp, tile=int(self.tile.value), overlap=max(8, int(self.tile.value) // 8),
+            work_mpp=work_mpp, tile=int(self.tile.value), overlap=max(8, int(self.tile.value) // 8))
+        self.job = _jobs.start(
+            translate_rois, run_dir, self.he_path(he), rois, Path(self.out_dir.value), options,
             confidence=bool(self.confidence.value),
             on_progress=self._on_progress, on_done=lambda res: self._add_results(res, he, info),
             on_error=lambda exc: setattr(self.status, "value", f"error: {exc}"),

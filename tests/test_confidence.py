@@ -300,9 +300,11 @@ def test_tiles_confidence_then_evaluate_and_report(runs, data, tmp_path):
 def test_a_cancelled_confidence_slide_resumes_to_the_same_bytes(runs, artefact_case, tmp_path):
     from her2core.inference.confidence import ConfidenceSettings
     from her2core.inference.confidence_out import translate_slide_confidence
+    from her2core.inference.options import InferenceOptions
+    from her2core.util.progress import Progress
 
-    kw = {"settings": ConfidenceSettings(samples=2), "region": (256, 256, 640, 512),
-          "tile": 128, "overlap": 32, "progress": False}
+    kw = {"options": InferenceOptions(tile=128, overlap=32),
+          "settings": ConfidenceSettings(samples=2), "region": (256, 256, 640, 512)}
     he = artefact_case / "he.ome.tif"
     whole = translate_slide_confidence(runs["pyramid_pix2pix"], he, tmp_path / "a" / "v.ome.tif",
                                        **kw)
@@ -310,13 +312,13 @@ def test_a_cancelled_confidence_slide_resumes_to_the_same_bytes(runs, artefact_c
     class Stop(Exception):
         pass
 
-    def stop_after(done, total):
+    def stop_after(stage, done, total):
         if done >= 12:
             raise Stop
 
     with pytest.raises(Stop):
         translate_slide_confidence(runs["pyramid_pix2pix"], he, tmp_path / "b" / "v.ome.tif",
-                                   callback=stop_after, **kw)
+                                   progress=Progress(stop_after), **kw)
     assert not (tmp_path / "b" / "v.confidence.ome.tif").exists()
     assert list((tmp_path / "b").glob(".*.work"))  # the journal of the carrier image
     again = translate_slide_confidence(runs["pyramid_pix2pix"], he, tmp_path / "b" / "v.ome.tif",

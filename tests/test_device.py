@@ -34,6 +34,7 @@ def test_tile_folder_honours_device_and_precision(tmp_path):
     and is recorded."""
     import json
 
+    from her2core.inference.options import InferenceOptions
     from her2core.inference.tiles import translate_tile_folder
     from her2core.util.atomic import write_png
 
@@ -41,10 +42,10 @@ def test_tile_folder_honours_device_and_precision(tmp_path):
     rng = np.random.default_rng(0)
     for k in range(3):
         write_png(tiles / f"t{k}.png", rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
-    a = translate_tile_folder(ConvNet(seed=0), tiles, tmp_path / "fp32", progress=False,
-                              device="cpu", precision="fp32")
-    b = translate_tile_folder(ConvNet(seed=0), tiles, tmp_path / "bf16", progress=False,
-                              device="cpu", precision="bf16")
+    a = translate_tile_folder(ConvNet(seed=0), tiles, tmp_path / "fp32",
+                              InferenceOptions(device="cpu", precision="fp32"))
+    b = translate_tile_folder(ConvNet(seed=0), tiles, tmp_path / "bf16",
+                              InferenceOptions(device="cpu", precision="bf16"))
     rec = json.loads((b / ".her2-output.json").read_text())
     assert json.dumps(rec).count('"bf16"') == 1
     from PIL import Image
@@ -53,5 +54,5 @@ def test_tile_folder_honours_device_and_precision(tmp_path):
     pb = np.asarray(Image.open(b / "t0.png")).astype(int)
     assert 0 < np.abs(pa - pb).max() <= 16  # bf16 really ran, close to fp32
     with pytest.raises(UserError, match="--device"):
-        translate_tile_folder(ConvNet(seed=0), tiles, tmp_path / "bad", progress=False,
-                              device="bogus")
+        translate_tile_folder(ConvNet(seed=0), tiles, tmp_path / "bad",
+                              InferenceOptions(device="bogus"))

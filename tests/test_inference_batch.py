@@ -4,22 +4,20 @@ torchrun ranks (gloo, CPU) giving byte-identical outputs to one process."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_inference_support import ConvNet, synth_he
+from test_inference_support import ConvNet, one_and_two_ranks, synth_he
 
 from her2core.errors import UserError
+from her2core.inference.options import InferenceOptions
 from her2core.pipelines.batch import read_cases, run_batch
 from her2core.slide import open_slide, write_pyramid
 
 TESTS = Path(__file__).parent
-KW = {"work_mpp": 0.5, "tile": 64, "overlap": 16, "metric_tile": 64, "progress": False}
+KW = {"options": InferenceOptions(work_mpp=0.5, tile=64, overlap=16), "metric_tile": 64}
 
 
 @pytest.fixture(scope="module")
@@ -135,10 +133,11 @@ import torch
 torch.set_num_threads(1)
 import os
 from test_inference_support import ConvNet
+from her2core.inference.options import InferenceOptions
 from her2core.pipelines.batch import run_batch
 net = ConvNet()
-run_batch(net, {csv!r}, sys.argv[1], work_mpp=0.5, tile=64, overlap=16, metric_tile=64,
-          progress=False)
+run_batch(net, {csv!r}, sys.argv[1], InferenceOptions(work_mpp=0.5, tile=64, overlap=16),
+          metric_tile=64)
 print(f"RANK{{os.environ.get('RANK', '0')}} tiles={{net.tiles_seen}}", flush=True)
 """
 
@@ -148,15 +147,9 @@ print(f"RANK{{os.environ.get('RANK', '0')}} tiles={{net.tiles_seen}}", flush=Tru
 def test_two_torchrun_ranks_equal_one_process(tmp_path, cases_csv):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER.format(tests=str(TESTS), csv=str(cases_csv)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
-    one, two = tmp_path / "one", tmp_path / "two"
-    subprocess.run([sys.executable, str(driver), str(one)], check=True, env=env, timeout=300)
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                        "--nproc-per-node", "2", str(driver), str(two)],
-                       env=env, timeout=300, capture_output=True, text=True, check=False)
-    assert r.returncode == 0, r.stderr[-3000:]
+    one, two, stdout = one_and_two_ranks(driver, tmp_path, timeout=300)
     # the two ranks' lines can interleave on the shared stdout: match, don't split lines
-    shares = {f"RANK{k}": int(n) for k, n in re.findall(r"RANK(\d+) tiles=(\d+)", r.stdout)}
+    shares = {f"RANK{k}": int(n) for k, n in re.findall(r"RANK(\d+) tiles=(\d+)", stdout)}
     assert set(shares) == {"RANK0", "RANK1"} and min(shares.values()) > 0  # both ranks worked
     a, b = _files(one), _files(two)
     assert sorted(a) == sorted(b) and "A/metrics.json" in a

@@ -81,10 +81,11 @@ def test_tiled_translation_has_no_seams(tmp_path, tiny_run, he_region, capsys):
     assert np.abs(tiled.astype(int) - whole).mean() < 3.0
 
     # control: the same run tiled without overlap shows seams to this very metric
+    from her2core.inference.options import InferenceOptions
     from her2core.inference.slide import translate_slide
 
-    naive = translate_slide(tr, slide, tmp_path / "naive.ome.tif", region=(x, y, w, h), tile=TILE,
-                            overlap=0, progress=False)
+    naive = translate_slide(tr, slide, tmp_path / "naive.ome.tif",
+                            InferenceOptions(tile=TILE, overlap=0), region=(x, y, w, h))
     with open_slide(naive) as s:
         n = s.read_region((0, 0), 0, s.dimensions)
     n_edges = [p for p in AxisGrid(w, TILE, 0).positions() if 2 < p < w - 2]

@@ -18,9 +18,11 @@ from her2core.cli import main as her2
 from her2core.errors import UserError
 from her2core.inference.blend import AxisGrid, blend_block, blend_span, ramp
 from her2core.inference.model import load_translator
+from her2core.inference.options import InferenceOptions
 from her2core.inference.slide import translate_slide
 from her2core.slide import open_slide, write_pyramid
 from her2core.slide.reader import resize_rgb
+from her2core.util.progress import Progress
 
 REGION = (40, 24, 480, 360)  # x, y, w, h (level 0)
 
@@ -113,8 +115,9 @@ def test_tiled_region_matches_one_piece_and_hides_seams(tmp_path, he_slide, he_i
     x, y, w, h = REGION
     m = 16  # the network on the whole region with some context around it
     ref = net.one_piece(he_image[y - m:y + h + m, x - m:x + w + m])[m:-m, m:-m]
-    kw = {"work_mpp": 0.5, "tile": 128, "progress": False, "batch_size": 4, "region": REGION}
-    out = translate_slide(net, he_slide, tmp_path / "v.ome.tif", overlap=32, **kw)
+    opts = InferenceOptions(work_mpp=0.5, tile=128, batch_size=4)
+    out = translate_slide(net, he_slide, tmp_path / "v.ome.tif", opts.replace(overlap=32),
+                          region=REGION)
     v, s = _read(out)
     assert v.shape == ref.shape and s.mpp == pytest.approx(0.5) and s.origin_xy == (x, y)
     src = he_image[y:y + h, x:x + w]
@@ -128,17 +131,17 @@ def test_tiled_region_matches_one_piece_and_hides_seams(tmp_path, he_slide, he_i
     assert 0.9 <= ratio <= 1.1, ratio
 
     # control: the same network tiled without overlap shows its seams to this metric
-    naive = translate_slide(net, he_slide, tmp_path / "n.ome.tif", overlap=0, **kw)
+    naive = translate_slide(net, he_slide, tmp_path / "n.ome.tif", opts.replace(overlap=0),
+                            region=REGION)
     n, _ = _read(naive)
     n_edges = [p for p in AxisGrid(w, 128, 0).positions() if 2 < p < w - 2]
     assert border_step_ratio(n, n_edges, tissue) > 1.1
 
 
 def test_kill_and_resume_gives_identical_bytes(tmp_path, he_slide):
-    kw = {"work_mpp": 0.5, "tile": 96, "overlap": 24, "progress": False, "batch_size": 3,
-          "region": REGION}
+    opts = InferenceOptions(work_mpp=0.5, tile=96, overlap=24, batch_size=3)
     out = tmp_path / "virtual.ome.tif"
-    translate_slide(ConvNet(), he_slide, out, **kw)
+    translate_slide(ConvNet(), he_slide, out, opts, region=REGION)
     want = _sha(out)
     out.unlink()
 
@@ -146,20 +149,20 @@ def test_kill_and_resume_gives_identical_bytes(tmp_path, he_slide):
         pass
 
     def kill_at(n):
-        def cb(done, total):
+        def on_update(stage, done, total):
             if done >= n:
                 raise Killed
-        return cb
+        return Progress(on_update)
 
     net = ConvNet()
     with pytest.raises(Killed):
-        translate_slide(net, he_slide, out, callback=kill_at(11), **kw)
+        translate_slide(net, he_slide, out, opts, region=REGION, progress=kill_at(11))
     with pytest.raises(Killed):  # killed again later, after some blocks were final
-        translate_slide(net, he_slide, out, callback=kill_at(19), **kw)
+        translate_slide(net, he_slide, out, opts, region=REGION, progress=kill_at(19))
     work = tmp_path / ".virtual.ome.tif.work"
     assert json.loads((work / "blocks.json").read_text())["blocks_done"] >= 1 and not out.exists()
     before = net.tiles_seen
-    translate_slide(net, he_slide, out, **kw)
+    translate_slide(net, he_slide, out, opts, region=REGION)
     assert _sha(out) == want
     assert not work.exists()
     # the resumed run did not translate everything again
@@ -170,8 +173,8 @@ def test_kill_and_resume_gives_identical_bytes(tmp_path, he_slide):
 def test_roi_box_translated_white_outside_polygon_and_tiles_skipped(tmp_path, he_slide, he_image):
     roi = Polygon([(100, 60), (400, 90), (180, 330)])
     net = ConvNet()
-    out = translate_slide(net, he_slide, tmp_path / "r.ome.tif", roi=roi, work_mpp=0.5, tile=64,
-                          overlap=16, progress=False)
+    out = translate_slide(net, he_slide, tmp_path / "r.ome.tif",
+                          InferenceOptions(work_mpp=0.5, tile=64, overlap=16), roi=roi)
     v, s = _read(out)
     minx, miny, maxx, maxy = roi.bounds
     assert s.origin_xy == (minx, miny) and s.dimensions == (maxx - minx, maxy - miny)
@@ -196,8 +199,8 @@ def test_reads_at_working_mpp_and_skips_background(tmp_path, he_image):
     big[:, 400:] = 244  # right part: glass only
     slide = write_pyramid(tmp_path / "fine.ome.tif", big, mpp=0.25, tile=128, min_size=128)
     net = ConvNet()
-    out = translate_slide(net, slide, tmp_path / "v.ome.tif", work_mpp=0.5, tile=64, overlap=16,
-                          progress=False)
+    out = translate_slide(net, slide, tmp_path / "v.ome.tif",
+                          InferenceOptions(work_mpp=0.5, tile=64, overlap=16))
     v, s = _read(out)
     assert s.dimensions == (300, 200) and s.mpp == pytest.approx(0.5)
     assert np.all(v[:, 250:] == 255)  # tiles of glass only: not translated, white
@@ -272,8 +275,8 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, he_slide, he_image):
     assert exists.read_bytes() == b"x"
 
     with pytest.raises(UserError, match="outside the slide"):
-        translate_slide(ConvNet(), he_slide, tmp_path / "q.ome.tif", region=(9000, 0, 10, 10),
-                        work_mpp=0.5, progress=False)
+        translate_slide(ConvNet(), he_slide, tmp_path / "q.ome.tif", InferenceOptions(work_mpp=0.5),
+                        region=(9000, 0, 10, 10))
 
 
 def test_low_resolution_glass_index_skips_reads_without_changing_output(tmp_path, he_image,
@@ -283,7 +286,7 @@ def test_low_resolution_glass_index_skips_reads_without_changing_output(tmp_path
     big = np.full((1024, 1024, 3), 243, np.uint8)
     big[600:900, 100:500] = he_image[:300, :400]  # one piece of tissue, glass elsewhere
     slide = write_pyramid(tmp_path / "s.ome.tif", big, mpp=0.5, tile=128, min_size=64)
-    kw = {"work_mpp": 0.5, "tile": 128, "overlap": 32, "progress": False, "overwrite": True}
+    kw = {"options": InferenceOptions(work_mpp=0.5, tile=128, overlap=32), "overwrite": True}
     monkeypatch.setattr(TissueIndex, "MAX_SIDE", 10**6)  # no index: every tile read in full
     plain = translate_slide(ConvNet(), slide, tmp_path / "plain.ome.tif", **kw)
     monkeypatch.setattr(TissueIndex, "MAX_SIDE", 64)  # index from the 64 px level
@@ -361,19 +364,19 @@ def test_output_bytes_do_not_depend_on_worker_threads_and_row_files_stay_few(tmp
 
     import her2core.inference.slide as slide_mod
 
-    kw = {"work_mpp": 0.5, "tile": 64, "overlap": 16, "progress": False, "batch_size": 3,
-          "region": REGION}
+    opts = InferenceOptions(work_mpp=0.5, tile=64, overlap=16, batch_size=3)
     work = tmp_path / "b" / ".v.ome.tif.work"
     most = [0]
 
-    def count_rows(done, total):  # the model may not run ahead of blending by many rows
+    def count_rows(stage, done, total):  # the model may not run ahead of blending by many rows
         most[0] = max(most[0], len(list(work.glob("row_*.u8"))))
 
-    one = translate_slide(ConvNet(), he_slide, tmp_path / "a" / "v.ome.tif", workers=1, **kw)
+    one = translate_slide(ConvNet(), he_slide, tmp_path / "a" / "v.ome.tif",
+                          opts.replace(workers=1), region=REGION)
     blend = slide_mod._blend_one  # blending slower than the model: the model must wait for it
     monkeypatch.setattr(slide_mod, "_blend_one", lambda *a: time.sleep(0.02) or blend(*a))
-    three = translate_slide(ConvNet(), he_slide, tmp_path / "b" / "v.ome.tif", workers=3,
-                            callback=count_rows, **kw)
+    three = translate_slide(ConvNet(), he_slide, tmp_path / "b" / "v.ome.tif",
+                            opts.replace(workers=3), region=REGION, progress=Progress(count_rows))
     assert _sha(one) == _sha(three)
     n_rows = AxisGrid(REGION[3], 64, 16).count
     assert 1 <= most[0] <= 3 < n_rows

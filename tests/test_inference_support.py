@@ -3,6 +3,11 @@ small hand-built translation network with the Framework's inference interface.""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
 from scipy import ndimage as ndi
@@ -22,6 +27,21 @@ def synth_he(h: int, w: int, seed: int = 0, tissue: float = 0.6) -> np.ndarray:
     img = np.full((h, w, 3), 242, np.float32)
     img[mask] = (pink * (1 - t) + purple * t)[mask]
     return np.clip(img + rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8)
+
+
+def one_and_two_ranks(driver: Path, out_root: Path, timeout: int = 600):
+    """Run a driver script (argv[1]: its output folder) once alone and once under torchrun with
+    two gloo ranks, on this checkout's her2core; returns (alone, ranks, the ranks' stdout)."""
+    tests = Path(__file__).resolve().parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1",  # this checkout's her2core, not an installed one
+           "PYTHONPATH": os.pathsep.join([str(tests), str(tests.parent)])}
+    one, two = out_root / "one", out_root / "two"
+    subprocess.run([sys.executable, str(driver), str(one)], check=True, env=env, timeout=timeout)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc-per-node", "2", str(driver), str(two)],
+                       env=env, timeout=timeout, capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return one, two, r.stdout
 
 
 class ConvNet(nn.Module):

@@ -89,13 +89,15 @@ def test_diffusion_tiles_resume_is_byte_identical_when_a_batch_was_half_written(
     missing tile (seeded by its index), so the stochastic sampler drew other noise."""
     from kill_driver import framework
 
+    from her2core.inference.options import InferenceOptions
     from her2core.inference.tiles import translate_tile_folder
 
     fw = framework("bbdm")
-    kw = {"steps": 2, "batch_size": 2, "seed": 0, "progress": False}
+    opts = InferenceOptions(steps=2, batch_size=2, seed=0)
+    kw = {"options": opts}
     translate_tile_folder(fw, he_tiles, tmp_path / "full", **kw)
     want = _files(tmp_path / "full")
-    translate_tile_folder(fw, he_tiles, tmp_path / "other_seed", **{**kw, "seed": 1})
+    translate_tile_folder(fw, he_tiles, tmp_path / "other_seed", opts.replace(seed=1))
     assert _files(tmp_path / "other_seed") != want  # the seed matters: the sampler is stochastic
     cut = tmp_path / "cut"
     translate_tile_folder(fw, he_tiles, cut, **kw)
@@ -140,6 +142,32 @@ def test_batch_killed_resumes_to_the_same_bytes(slides, tmp_path):
         out = tmp_path / f"k{seed}"
         _kill_then_resume(lambda: _driver("batch", slides / "cases.csv", out), t, seed)  # noqa: B023
         assert _files(out) == want
+
+
+def test_batch_confidence_killed_resumes_to_the_same_bytes(slides, tmp_path):
+    """`her2 batch --confidence` killed anywhere (in a virtual slide, a confidence carrier, its
+    pyramid, between cases) and run again: the bytes of an uninterrupted batch."""
+    t = _run(_driver("batch-confidence", slides / "cases.csv", tmp_path / "ref"))
+    want = _files(tmp_path / "ref")
+    assert {"A/DONE", "B/virtual_her2.confidence.ome.tif", "B/virtual_her2.ome.tif"} <= set(want)
+    out = tmp_path / "random"  # once at a random moment (the plain batch test has more) ...
+    _kill_then_resume(lambda: _driver("batch-confidence", slides / "cases.csv", out), t, SEEDS[-1])
+    assert _files(out) == want
+    assert not list(out.rglob(".*.json"))  # no stage marker left behind
+    # ... and once for sure inside a confidence carrier: as soon as A's first carrier row is on disk
+    out = tmp_path / "in_carrier"
+    p = subprocess.Popen(_driver("batch-confidence", slides / "cases.csv", out), env=ENV,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while p.poll() is None and not list(out.glob("A/.*.rgb.ome.tif.work/row_*.u8")):
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert p.returncode == -signal.SIGKILL and not (out / "A" / "DONE").exists()
+    assert (out / "A" / ".virtual.json").exists() and (out / "A" / ".confidence.json").exists()
+    _run(_driver("batch-confidence", slides / "cases.csv", out))
+    assert _files(out) == want
 
 
 def test_tile_killed_resumes_to_the_same_bytes(tmp_path):

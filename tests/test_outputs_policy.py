@@ -19,9 +19,12 @@ import torch
 from test_inference_support import ConvNet, he_tile_folder, synth_he
 
 from her2core.errors import UserError
+from her2core.inference.options import InferenceOptions
 from her2core.util.outputs import PROVENANCE, locked
+from her2core.util.progress import Progress
 
-KW = {"work_mpp": 0.5, "tile": 64, "overlap": 16, "metric_tile": 64, "progress": False}
+OPTS = InferenceOptions(work_mpp=0.5, tile=64, overlap=16)
+KW = {"options": OPTS, "metric_tile": 64}
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -81,21 +84,21 @@ def test_translate_tiles_refuses_another_run_and_overwrite_replaces_it(tiles, tm
     from her2core.inference.tiles import translate_tile_folder
 
     out = tmp_path / "out"
-    translate_tile_folder(ConvNet(seed=0), tiles, out, progress=False)
+    translate_tile_folder(ConvNet(seed=0), tiles, out)
     (out / "stale.png").write_bytes((out / "t0.png").read_bytes())  # a tile of another input set
     before = _files(out)
     with pytest.raises(UserError, match="--overwrite"):
-        translate_tile_folder(ConvNet(seed=1), tiles, out, progress=False)
+        translate_tile_folder(ConvNet(seed=1), tiles, out)
     assert _files(out) == before
-    translate_tile_folder(ConvNet(seed=1), tiles, out, progress=False, overwrite=True)
-    translate_tile_folder(ConvNet(seed=1), tiles, tmp_path / "fresh", progress=False)
+    translate_tile_folder(ConvNet(seed=1), tiles, out, overwrite=True)
+    translate_tile_folder(ConvNet(seed=1), tiles, tmp_path / "fresh")
     assert _files(out) == _files(tmp_path / "fresh")  # stale.png gone, every tile run B's
     # a folder of someone else's files (no record) is refused too
     other = tmp_path / "mine"
     other.mkdir()
     (other / "t0.png").write_bytes(b"not ours")
     with pytest.raises(UserError, match="did not record"):
-        translate_tile_folder(ConvNet(seed=1), tiles, other, progress=False)
+        translate_tile_folder(ConvNet(seed=1), tiles, other)
     assert (other / "t0.png").read_bytes() == b"not ours"
 
 
@@ -106,7 +109,7 @@ def test_translate_cli_passes_overwrite_through(tiles, tmp_path, monkeypatch):
 
     seen = {}
 
-    def fake(run, in_dir, out_dir, **kw):
+    def fake(run, in_dir, out_dir, options=None, **kw):
         seen.update(kw)
         return out_dir
 
@@ -142,7 +145,7 @@ def test_batch_rerun_with_another_model_is_refused_unless_overwrite(cases_csv, t
         run_batch(ConvNet(seed=1), cases_csv, out, **KW)
     assert "B" in str(e.value) and _files(out) == before
     with pytest.raises(UserError):  # another seed is another job too
-        run_batch(ConvNet(seed=0), cases_csv, out, **{**KW, "seed": 5})
+        run_batch(ConvNet(seed=0), cases_csv, out, **{**KW, "options": OPTS.replace(seed=5)})
     assert run_batch(ConvNet(seed=1), cases_csv, out, overwrite=True, **KW)[0]["status"] == "translated"
     run_batch(ConvNet(seed=1), cases_csv, tmp_path / "fresh", **KW)
     a, b = _files(out / "B"), _files(tmp_path / "fresh" / "B")
@@ -199,8 +202,9 @@ def test_two_slide_translations_into_one_output_second_gets_one_line(tmp_path):
     slide = write_pyramid(tmp_path / "he.ome.tif", synth_he(200, 200, seed=2), mpp=0.5, tile=128,
                           min_size=128)
     out = tmp_path / "v.ome.tif"
-    kw = {"work_mpp": 0.5, "tile": 64, "overlap": 16, "progress": False}
-    t, go, errors = _hold_while(lambda hook: translate_slide(ConvNet(), slide, out, callback=hook, **kw))
+    kw = {"options": InferenceOptions(work_mpp=0.5, tile=64, overlap=16)}
+    t, go, errors = _hold_while(lambda hook: translate_slide(ConvNet(), slide, out,
+                                                             progress=Progress(hook), **kw))
     try:
         with pytest.raises(UserError, match="being written by"):
             translate_slide(ConvNet(), slide, out, **kw)
@@ -286,7 +290,7 @@ def test_read_only_output_is_one_line(tmp_path):
         with pytest.raises(UserError, match="Read-only file system"):
             write_json(d / "x.json", {"a": 1})
         with pytest.raises(UserError, match="Read-only file system.*writable --out"):
-            translate_tile_folder(ConvNet(), tiles_dir(tmp_path), d / "out", progress=False)
+            translate_tile_folder(ConvNet(), tiles_dir(tmp_path), d / "out")
         assert list(d.iterdir()) == []
 
 
@@ -347,7 +351,7 @@ def test_provenance_records_what_wrote_the_tiles(tiles, tmp_path):
     from her2core.inference.tiles import translate_tile_folder
 
     net = ConvNet()
-    translate_tile_folder(net, tiles, tmp_path / "o", progress=False, seed=4)
+    translate_tile_folder(net, tiles, tmp_path / "o", InferenceOptions(seed=4))
     rec = json.loads((tmp_path / "o" / PROVENANCE).read_text())
     assert rec["weights_sha256"] == weights_fingerprint(net) and rec["seed"] == 4
     assert rec["inputs"] == str(tiles.resolve())
@@ -409,7 +413,8 @@ def test_disk_filling_during_a_slide_translation_is_one_line_no_sigbus(tmp_path)
     with _tmpfs(tmp_path / "small", "size=600k") as d:
         out = d / "v.ome.tif"
         with pytest.raises(UserError, match=r"cannot write \(No space left on device\); free disk space"):
-            translate_slide(ConvNet(), slide, out, work_mpp=0.5, tile=128, overlap=16, progress=False)
+            translate_slide(ConvNet(), slide, out,
+                            InferenceOptions(work_mpp=0.5, tile=128, overlap=16))
         assert not out.exists() and not list(d.glob(".pyramid-*")) and not list(d.glob(".*.part*"))
 
 

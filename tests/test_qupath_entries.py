@@ -74,11 +74,12 @@ def he(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def virtual(he):
+    from her2core.inference.options import InferenceOptions
     from her2core.inference.slide import translate_slide
 
     d, _, he_path = he
-    return translate_slide(Identity(), he_path, d / "virtual.ome.tif", roi=ROI, work_mpp=WORK_MPP,
-                           tile=64, overlap=16, progress=False)
+    return translate_slide(Identity(), he_path, d / "virtual.ome.tif",
+                           InferenceOptions(work_mpp=WORK_MPP, tile=64, overlap=16), roi=ROI)
 
 
 def _best_shift(shown: np.ndarray, truth: np.ndarray, valid: np.ndarray, reach: int = 6):

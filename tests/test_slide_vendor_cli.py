@@ -17,6 +17,7 @@ from test_inference_support import ConvNet
 from test_slide_support import cmu_or_skip, write_mirax, write_svs
 
 from her2core.cli import main as her2
+from her2core.inference.options import InferenceOptions
 from her2core.slide import open_slide
 
 pytestmark = pytest.mark.slow
@@ -96,8 +97,8 @@ def test_translate_slide_gives_the_same_virtual_her2_as_from_an_ome_copy(vendor_
     cmu, _, _ = vendor_case
     with open_slide(cmu) as s:
         ome = write_pyramid(tmp_path / "cmu.ome.tif", s.read_level(0), mpp=s.mpp, min_size=4096)
-    kw = {"region": (300, 500, 700, 520), "work_mpp": 0.998, "tile": 128, "overlap": 32,
-          "progress": False}
+    kw = {"region": (300, 500, 700, 520),
+          "options": InferenceOptions(work_mpp=0.998, tile=128, overlap=32)}
     a = translate_slide(ConvNet(), cmu, tmp_path / "svs.ome.tif", **kw)
     b = translate_slide(ConvNet(), ome, tmp_path / "ome.ome.tif", **kw)
     with open_slide(a) as va, open_slide(b) as vb:
@@ -113,8 +114,8 @@ def test_translate_slide_on_a_mirax_slide(vendor_case, tmp_path):
     with open_slide(cmu) as s:
         img = s.read_level(0)[:2816, :2048]
     mrxs = write_mirax(tmp_path / "he.mrxs", [img], mpp=0.499)
-    kw = {"region": (300, 500, 700, 520), "work_mpp": 0.998, "tile": 128, "overlap": 32,
-          "progress": False}
+    kw = {"region": (300, 500, 700, 520),
+          "options": InferenceOptions(work_mpp=0.998, tile=128, overlap=32)}
     a = translate_slide(ConvNet(), mrxs, tmp_path / "mrxs.ome.tif", **kw)
     b = translate_slide(ConvNet(), cmu, tmp_path / "svs.ome.tif", **kw)
     with open_slide(a) as va, open_slide(b) as vb:

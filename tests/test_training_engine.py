@@ -75,11 +75,12 @@ def test_run_folder_layout_and_no_pickle(tiles, tmp_path):
 def test_translate_tile_folder_writes_same_names_rounded(tiles, tmp_path):
     from PIL import Image
 
+    from her2core.inference.options import InferenceOptions
     from her2core.inference.tiles import translate_batch, translate_tile_folder
 
     run = train("pyramid_pix2pix", tiles, tmp_path / "run", train_config=TrainConfig(max_steps=2), progress=False)
     he_dir = Path(tiles) / "HE_20x" / "test"
-    out = translate_tile_folder(run, he_dir, tmp_path / "virtual", batch_size=3, progress=False)
+    out = translate_tile_folder(run, he_dir, tmp_path / "virtual", InferenceOptions(batch_size=3))
     assert sorted(p.name for p in out.glob("*.png")) == sorted(p.name for p in he_dir.iterdir())
     fw = load_run(run)
     img = np.array(Image.open(min(he_dir.iterdir())).convert("RGB"))

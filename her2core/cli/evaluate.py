@@ -106,8 +106,11 @@ def _calibration(args) -> dict:
         from her2core.inference.confidence_out import confidence_tile_folder
 
         # seed 0, batches of 8: evaluate_run's translation, so sample 0 is the evaluated tile
-        conf_dir = confidence_tile_folder(args.run, out / "inputs" / "he", out, settings=settings,
-                                          steps=args.steps, seed=0, device=args.device)
+        from her2core.inference.options import InferenceOptions
+
+        conf_dir = confidence_tile_folder(args.run, out / "inputs" / "he", out,
+                                          InferenceOptions(steps=args.steps, device=args.device),
+                                          settings=settings)
         pred, target = out / "virtual", out / "inputs" / "ihc"
     else:
         pred, target = Path(args.pred), Path(args.target)

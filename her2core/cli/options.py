@@ -12,6 +12,10 @@ import argparse
 import math
 import re
 import sys
+from pathlib import Path
+
+from her2core.inference.options import CONFIDENCE_METHODS, InferenceOptions
+from her2core.util.device import PRECISIONS
 
 #: Presets every framework has (her2core.models.base.Framework.presets).
 PRESETS = ("tiny", "paper")
@@ -136,3 +140,64 @@ def preset(text: str) -> str:
     if text not in PRESETS:
         raise _refuse(text, f"choose {' or '.join(PRESETS)}")
     return text
+
+
+# --------------------------------------------------------------------------- inference options
+# `her2 translate` and `her2 batch` add these with one call and build one InferenceOptions
+# (her2core.inference.options) from them: names, defaults and range checks live here once.
+
+
+
+def add_inference_arguments(p: argparse.ArgumentParser, *, slide_mpp: bool = True,
+                            device_help: str = "cuda, cuda:1, mps or cpu (default: best)") -> None:
+    """The options of InferenceOptions; `slide_mpp`: also `--mpp` (one slide's µm/px)."""
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="sampling steps (diffusion models)")
+    p.add_argument("--scheduler", default=None,
+                   help="diffusion sampler (default: the reference's; DDIB: ddim, ddim-diffusers, "
+                        "dpmsolver++, euler; consistency: multistep, cm-diffusers); recorded with "
+                        "the output")
+    p.add_argument("--batch-size", type=positive_int, default=8,
+                   help="tiles per model call (default 8)")
+    p.add_argument("--seed", type=seed_int, default=0)
+    if slide_mpp:
+        p.add_argument("--mpp", type=mpp_float, default=None,
+                       help="microns per pixel of the slide when its file does not record it")
+    p.add_argument("--work-mpp", type=mpp_float, default=None,
+                   help="microns per pixel to translate at (default: what the run was trained at)")
+    p.add_argument("--tile", type=positive_int, default=512,
+                   help="tile size at the working mpp (default 512)")
+    p.add_argument("--overlap", type=non_negative_int, default=64,
+                   help="tile overlap for blending (default 64)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="auto: bf16 on CUDA that supports it, else fp32")
+    p.add_argument("--device", type=device, default=None, help=device_help)
+
+
+def inference_options(args: argparse.Namespace) -> InferenceOptions:
+    """The InferenceOptions of parsed `add_inference_arguments` options."""
+    return InferenceOptions(steps=args.steps, scheduler=args.scheduler,
+                            batch_size=args.batch_size, seed=args.seed,
+                            slide_mpp=getattr(args, "mpp", None), work_mpp=args.work_mpp,
+                            tile=args.tile, overlap=args.overlap, device=args.device,
+                            precision=args.precision)
+
+
+def add_confidence_arguments(p: argparse.ArgumentParser, what: str) -> None:
+    """`--confidence` (what it writes: `what`), its method, K and ensemble runs."""
+    c = p.add_argument_group("confidence maps")
+    c.add_argument("--confidence", action="store_true", help=what)
+    c.add_argument("--confidence-method", default="auto", choices=CONFIDENCE_METHODS,
+                   help="auto: seeds for diffusion models, dihedral test-time augmentation for GANs "
+                        "(+ dropout samples where the network has dropout)")
+    c.add_argument("--confidence-samples", type=int_range(2), default=None,
+                   help="predictions per tile K (default 4 on a CPU, 8 on a GPU)")
+    c.add_argument("--runs", nargs="+", type=Path, default=[],
+                   help="more runs of the same family: the confidence spans this ensemble too")
+
+
+def confidence_settings(args: argparse.Namespace):
+    """The ConfidenceSettings of parsed `add_confidence_arguments` options."""
+    from her2core.inference.confidence import ConfidenceSettings
+
+    return ConfidenceSettings(method=args.confidence_method, samples=args.confidence_samples)

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from her2core.errors import UserError
+from her2core.inference.options import CONFIDENCE_METHODS as METHODS
 
 #: intensity std (in [0, 1] units) that maps to confidence 0
 U_MAX = 0.25
-METHODS = ("auto", "seeds", "tta", "dropout", "tta+dropout")
 #: (cpu, gpu) default K per method
 DEFAULT_SAMPLES = {"seeds": (4, 8), "tta": (4, 8), "dropout": (4, 8), "tta+dropout": (8, 8)}
 MEANING = (f"confidence of the virtual HER2 per pixel: v/255 = 1 - min(u/{U_MAX:g}, 1), u = mean "

@@ -27,6 +27,8 @@ from her2core.inference.confidence import (
     ConfidenceSettings,
 )
 from her2core.inference.model import Translator, load_translator
+from her2core.inference.options import InferenceOptions
+from her2core.util.progress import Progress, ensure
 
 LOW = 0.5  # confidence below which tissue counts as unreliable in the summaries
 PYRAMID_TILE = 256
@@ -78,15 +80,22 @@ def weights_of(framework) -> str:
     return weights_fingerprint(framework)
 
 
-def confidence_translator(run, *, settings: ConfidenceSettings | None = None, runs=(),
-                          device=None, steps=None, precision: str = "auto") -> ConfidenceTranslator:
-    """A ConfidenceTranslator from a run folder (or framework), with optional ensemble runs."""
+def confidence_translator(run, options: InferenceOptions | None = None, *,
+                          settings: ConfidenceSettings | None = None,
+                          runs=()) -> ConfidenceTranslator:
+    """A ConfidenceTranslator from a run folder, framework or Translator (sharing its network),
+    with optional ensemble runs; one already built is returned as it is."""
     from her2core.models import registry
 
-    base = load_translator(run, device=device, steps=steps, precision=precision)
+    if isinstance(run, ConfidenceTranslator):
+        return run
+    o = options or InferenceOptions()
+    base = load_translator(run, device=o.device, steps=o.steps, precision=o.precision,
+                           scheduler=o.scheduler)
     members = []
     for r in runs:
-        t = load_translator(r, device=base.device, steps=steps, precision=precision)
+        t = load_translator(r, device=base.device, steps=o.steps, precision=o.precision,
+                            scheduler=o.scheduler)
         if registry.family(t.framework.name) != registry.family(base.framework.name):
             raise UserError(f"--runs {r}: a {t.framework.name} run cannot join an ensemble of "
                             f"{base.framework.name}; give runs of the same family")
@@ -97,27 +106,36 @@ def confidence_translator(run, *, settings: ConfidenceSettings | None = None, ru
                                 settings=settings or ConfidenceSettings(), ensemble=members)
 
 
-def translate_slide_confidence(run, slide_path, virtual_path, *, settings=None, runs=(),
-                               roi=None, overwrite: bool = False, device=None, steps=None,
-                               precision: str = "auto", **slide_kwargs) -> Path | None:
-    """The confidence pyramid of `virtual_path` (see the module doc); returns its path.
+def translate_slide_confidence(run, slide_path, virtual_path, options: InferenceOptions | None = None,
+                               *, settings: ConfidenceSettings | None = None, runs=(), roi=None,
+                               region=None, overwrite: bool = False,
+                               progress: Progress | None = None, team=None,
+                               leader: int = 0) -> Path | None:
+    """The confidence pyramid of `virtual_path` (see the module doc); returns its path on the
+    leader rank, None on the others.
 
-    `slide_kwargs` are `translate_slide`'s (region, tile, overlap, seed, batch_size, ...): pass
-    the ones the virtual slide was made with, so both lie on the same grid.
+    Pass the `options`, `roi` and `region` the virtual slide was made with, so both lie on the
+    same grid. `run` may be a `confidence_translator` already built (a batch loads it once).
+    Resumes like the slide: a killed carrier goes on from its journal, a finished one is kept.
     """
     from her2core.inference.slide import translate_slide
 
     out = confidence_path(virtual_path)
-    if out.exists() and not overwrite:
-        raise UserError(f"{out}: output exists; pass --overwrite to replace it")
     rgb = out.with_name(f".{out.name}.rgb.ome.tif")  # the carrier; a kill resumes from it
-    translator = confidence_translator(run, settings=settings, runs=runs, device=device,
-                                       steps=steps, precision=precision)
-    if overwrite or not rgb.exists():
-        done = translate_slide(translator, slide_path, rgb, roi=roi, overwrite=True,
-                               device=device, precision=precision, steps=steps, **slide_kwargs)
-        if done is None:  # not the leader rank
-            return None
+    # an output whose carrier is still beside it was killed before its summaries: finish them
+    if out.exists() and not overwrite and not rgb.exists():
+        raise UserError(f"{out}: output exists; pass --overwrite to replace it")
+    translator = confidence_translator(run, options, settings=settings, runs=runs)
+    need_carrier = overwrite or not rgb.exists()
+    is_leader = team is None or team.rank == leader % team.world
+    if team is not None:
+        team.barrier()  # every rank has decided on the carrier before the leader changes it
+    if need_carrier:
+        translate_slide(translator, slide_path, rgb, options, roi=roi, region=region,
+                        overwrite=True, progress=ensure(progress).within("confidence"),
+                        team=team, leader=leader)
+    if not is_leader:
+        return None
     features = _roi_features(roi)
     summary = write_confidence_pyramid(rgb, out, features,
                                        {"confidence": translator.estimator.describe()})
@@ -266,13 +284,14 @@ def _accumulate(conf, tissue, r0, width, features, stats, total, origin, scale, 
 
 # --------------------------------------------------------------------------- tile folders
 
-def confidence_tile_folder(run, in_dir, out_dir, *, settings: ConfidenceSettings | None = None,
-                           runs=(), steps=None, batch_size: int = 8, seed: int = 0,
-                           device=None, overwrite: bool = False) -> Path:
+def confidence_tile_folder(run, in_dir, out_dir, options: InferenceOptions | None = None, *,
+                           settings: ConfidenceSettings | None = None, runs=(),
+                           overwrite: bool = False, progress: Progress | None = None) -> Path:
     """`out_dir/confidence/<stem>.png` per tile and `out_dir/confidence.csv` (mean per tile).
 
     Seeds follow `translate_tile_folder` (batch starting at tile i: seed + i), so sample 0 of
     each map is the virtual tile written beside it. Maps already present are kept (resume).
+    `progress` hears `("confidence", maps done, tiles)` and may cancel (`Cancelled`).
     """
     import csv
     import io
@@ -286,23 +305,30 @@ def confidence_tile_folder(run, in_dir, out_dir, *, settings: ConfidenceSettings
                    and not p.name.startswith("."))
     conf_dir = out_dir / "confidence"
     conf_dir.mkdir(parents=True, exist_ok=True)
-    translator = confidence_translator(run, settings=settings, runs=runs, device=device,
-                                       steps=steps)
+    o = options or InferenceOptions()
+    report = ensure(progress)
+    translator = confidence_translator(run, o, settings=settings, runs=runs)
     est = translator.estimator
     todo = [(i, p) for i, p in enumerate(files)
             if overwrite or not (conf_dir / f"{p.stem}.png").exists()]
     pending: dict[tuple, list] = {}
+    done = len(files) - len(todo)
+    report.update("confidence", done, len(files))
 
     def flush(key):
+        nonlocal done
         group = pending.pop(key)
-        maps = est.confidence_uint8(np.stack([img for _, _, img in group]), seed=seed + group[0][0])
+        maps = est.confidence_uint8(np.stack([img for _, _, img in group]),
+                                    seed=o.seed + group[0][0])
         for (_, path, _), m in zip(group, maps):
             write_png(conf_dir / f"{path.stem}.png", m)
+        done += len(group)
+        report.update("confidence", done, len(files))
 
     for i, path in todo:
         img = read_rgb(path)
         pending.setdefault(img.shape, []).append((i, path, img))
-        if len(pending[img.shape]) >= batch_size:
+        if len(pending[img.shape]) >= o.batch_size:
             flush(img.shape)
     for key in list(pending):
         flush(key)

@@ -1,6 +1,6 @@
 """Virtual HER2 for a slide region: overlapping tiles, feathered blend, streamed pyramid.
 
-    translate_slide(run, "he.ome.tif", "virtual.ome.tif", roi=features)
+    translate_slide(run, "he.ome.tif", "virtual.ome.tif", InferenceOptions(seed=3), roi=features)
 
 How it stays seamless, bounded, resumable, and keeps up with a GPU:
   * tiles (T, overlap O) are read at the model's working mpp by `workers` threads;
@@ -37,11 +37,11 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from her2core.errors import UserError
+from her2core.inference.options import InferenceOptions
 from her2core.inference.region import (
     RegionPlan,
     TissueIndex,
@@ -51,10 +51,9 @@ from her2core.inference.workdir import WorkDir
 from her2core.qupath.rois import as_roi
 from her2core.slide.tissue import is_empty_tile
 from her2core.slide.writer import default_workers
+from her2core.util.progress import Progress, ensure
 
 FORMAT_VERSION = 2  # 2: the raw output is stored inverted (unwritten = white)
-DEFAULT_TILE = 512
-DEFAULT_OVERLAP = 64
 
 
 @dataclass
@@ -69,28 +68,20 @@ class Team:
         return k % self.world == self.rank
 
 
-class Progress:
-    """Tiles done, tiles/s and time left: a tqdm bar and/or a callback that may cancel."""
+class _TileCounter:
+    """Tiles done of the job's total, reported through the progress protocol after each tick
+    (`Progress.update` raises `Cancelled` there when the listener asked to stop; rerun to resume)."""
 
-    def __init__(self, total: int, initial: int, *, desc: str, bar: bool,
-                 callback: Callable[[int, int], Any] | None):
-        self.total, self.done, self.callback = total, initial, callback
-        self._bar = None
-        if bar:
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(total=total, initial=initial, desc=desc, unit="tile", dynamic_ncols=True)
+    def __init__(self, progress: Progress, stage: str, total: int, initial: int):
+        self.progress, self.stage, self.total, self.done = progress, stage, total, initial
+        progress.update(stage, initial, total)
 
     def tick(self, n: int = 1) -> None:
         self.done += n
-        if self._bar is not None:
-            self._bar.update(n)
-        if self.callback is not None:
-            self.callback(self.done, self.total)
+        self.progress.update(self.stage, self.done, self.total)
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
+        """Nothing to release: the listener owns its bars."""
 
 
 def batch_seed(seed: int, row: int, batch: int) -> int:
@@ -98,29 +89,27 @@ def batch_seed(seed: int, row: int, batch: int) -> int:
     return (int(seed) * 1_000_003 + row * 7_919 + batch) % (2**31 - 1)
 
 
-def translate_slide(run, slide_path: str | Path, out_path: str | Path, *,
+def translate_slide(run, slide_path: str | Path, out_path: str | Path,
+                    options: InferenceOptions | None = None, *,
                     roi=None, region: tuple[int, int, int, int] | None = None,
-                    steps: int | None = None, scheduler: str | None = None, batch_size: int = 8, seed: int = 0,
-                    slide_mpp: float | None = None, work_mpp: float | None = None,
-                    tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
-                    overwrite: bool = False, device=None, precision: str = "auto",
-                    progress: bool = True, callback: Callable[[int, int], Any] | None = None,
-                    team: Team | None = None, leader: int = 0, pyramid_tile: int = 256,
-                    workers: int | None = None) -> Path | None:
+                    overwrite: bool = False, progress: Progress | None = None,
+                    team: Team | None = None, leader: int = 0) -> Path | None:
     """Translate a region (or the ROI's box, or the whole slide) into a virtual HER2 OME-TIFF.
 
-    `run`: a run folder, a framework, or a `Translator`. `roi`: GeoJSON path, a list of
-    features, or a shapely geometry (level-0 (x, y)); outside its polygons the output is white.
-    `region`: level-0 (x, y, w, h). `callback(done, total)` after each tile may raise to cancel
-    (rerun to resume). `workers`: threads that read tiles, and as many that blend and encode
-    (default: the cores, up to 8). Returns the output path on the leader rank, None on the others.
-    The leader holds the output's lock (`her2core.util.outputs`): a second job writing the same
-    output gets one line instead of racing on the resume journal.
+    `run`: a run folder, a framework, or a `Translator`. `options`: how it runs (steps, seed,
+    grid, device, ...; default `InferenceOptions()`). `roi`: GeoJSON path, a list of features, or
+    a shapely geometry (level-0 (x, y)); outside its polygons the output is white. `region`:
+    level-0 (x, y, w, h). `progress` hears `(stage, tiles done, tiles)` after each tile and may
+    cancel (`Cancelled`; rerun to resume). Returns the output path on the leader rank, None on
+    the others. The leader holds the output's lock (`her2core.util.outputs`): a second job
+    writing the same output gets one line instead of racing on the resume journal.
     """
     from her2core.inference.model import load_translator
     from her2core.slide import open_slide
     from her2core.util.outputs import locked
 
+    o = options or InferenceOptions()
+    report = ensure(progress)
     team = team or Team()
     out_path = Path(out_path)
     stack = contextlib.ExitStack()
@@ -129,17 +118,16 @@ def translate_slide(run, slide_path: str | Path, out_path: str | Path, *,
     with stack:
         if out_path.exists() and not overwrite:
             raise UserError(f"{out_path}: output exists; pass --overwrite to replace it")
-        if batch_size < 1:
-            raise UserError(f"--batch-size {batch_size}: must be at least 1")
+        tile, overlap, batch_size, seed = o.tile, o.overlap, o.batch_size, o.seed
         roi_geom, roi_source = as_roi(roi)
-        with open_slide(slide_path, mpp=slide_mpp) as slide:
+        with open_slide(slide_path, mpp=o.slide_mpp) as slide:
             slide.require_mpp()
             # region/ROI problems are reported before the (slow) model load
             plan_region(slide, work_mpp=slide.mpp, tile=tile, overlap=overlap, region=region,
                         roi=roi_geom, roi_source=roi_source)
-            translator = load_translator(run, device=device, steps=steps, precision=precision,
-                                         scheduler=scheduler)
-            wmpp = work_mpp or translator.work_mpp
+            translator = load_translator(run, device=o.device, steps=o.steps,
+                                         precision=o.precision, scheduler=o.scheduler)
+            wmpp = o.work_mpp or translator.work_mpp
             if not wmpp:
                 raise UserError(f"{getattr(run, 'name', run)}: the run records no working microns per "
                                 "pixel; pass --work-mpp (e.g. 0.5)")
@@ -163,14 +151,14 @@ def translate_slide(run, slide_path: str | Path, out_path: str | Path, *,
             n_rows = plan.rows.count
             mine = [k for k in range(first_block, n_rows) if team.owns(k)]
             todo = [k for k in mine if not wd.row_done(k)]
-            workers = workers or default_workers()
+            workers = o.workers or default_workers()
+            bar = _TileCounter(report, f"translate {Path(slide_path).name}", len(mine) * plan.cols.count,
+                               (len(mine) - len(todo)) * plan.cols.count)
             # the leader blends block rows and streams them into the pyramid as tile rows are
             # committed (in a background thread when alone; after the barrier with several ranks)
             finisher = _Finisher(plan, wd, out_path, _output_properties(plan, translator, slide_path),
-                                 workers=workers, pyramid_tile=pyramid_tile,
+                                 workers=workers, pyramid_tile=o.pyramid_tile,
                                  background=team.world == 1) if is_leader else None
-            bar = Progress(len(mine) * plan.cols.count, (len(mine) - len(todo)) * plan.cols.count,
-                           desc=f"translate {Path(slide_path).name}", bar=progress, callback=callback)
             try:
                 try:
                     for k in _translate_rows(slide, plan, translator, wd, todo, batch_size, seed, bar,
@@ -218,7 +206,7 @@ def _prefetch(items: Iterable, fn: Callable, ahead: int, workers: int) -> Iterat
 
 
 def _translate_rows(slide, plan: RegionPlan, translator, wd: WorkDir, rows: list[int],
-                    batch_size: int, seed: int, bar: Progress, workers: int) -> Iterator[int]:
+                    batch_size: int, seed: int, bar: _TileCounter, workers: int) -> Iterator[int]:
     """Translate the given tile rows into row files; yields each row index once it is committed."""
     n_cols = plan.cols.count
     glass = TissueIndex(slide)
@@ -276,7 +264,7 @@ def _pinned_staging(translator, batch_size: int, tile: int) -> np.ndarray | None
 class _RowAssembler:
     """One tile row: batches tissue tiles through the model, writes all tiles in column order."""
 
-    def __init__(self, writer, translator, *, batch_seed_of, batch_size: int, bar: Progress,
+    def __init__(self, writer, translator, *, batch_seed_of, batch_size: int, bar: _TileCounter,
                  io: ThreadPoolExecutor, staging: np.ndarray | None = None):
         self.writer, self.translator, self.bar, self.io = writer, translator, bar, io
         self.staging = staging  # reused per batch: the model returns new arrays on CUDA

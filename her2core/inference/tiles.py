@@ -14,7 +14,9 @@ import torch
 
 from her2core.datasets.paired import image_size, read_rgb
 from her2core.errors import UserError
+from her2core.inference.options import InferenceOptions
 from her2core.models.diffusion.common import pad_to_multiple
+from her2core.util.progress import Progress, ensure
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -81,20 +83,21 @@ def _translate_same_size(framework, x: torch.Tensor, *, steps, seed: int, device
     return y
 
 
-def translate_tile_folder(run_or_framework, in_dir, out_dir, *, steps: int | None = None, batch_size: int = 8,
-                          seed: int = 0, progress: bool = True, device=None, precision: str = "auto",
-                          overwrite: bool = False, scheduler: str | None = None,
+def translate_tile_folder(run_or_framework, in_dir, out_dir, options: InferenceOptions | None = None,
+                          *, overwrite: bool = False, progress: Progress | None = None,
                           command: str = "her2 translate --tiles") -> Path:
     """One PNG per input tile in `out_dir`, same file names (suffix .png).
 
-    `out_dir` records what wrote it (`her2core.util.outputs`: weights fingerprint, input
+    `options`: steps, scheduler, batch size, seed, device and precision (the grid fields are for
+    slides). `out_dir` records what wrote it (`her2core.util.outputs`: weights fingerprint, input
     folder, steps, seed, batch size) and is locked while written. A rerun of the same job
     keeps the tiles already there (a killed job resumes); another job's folder is refused
     unless `overwrite`, which clears its tiles first and translates every tile again.
     The tiles of one size are cut into fixed batches over the sorted list, batch b seeded
     with `seed + index of its first tile`; a resume re-forms the same batches (a partly
     written one is translated again whole), so the stochastic diffusion samplers give the
-    same bytes as an uninterrupted run.
+    same bytes as an uninterrupted run. `progress` hears `("translate", tiles done, tiles)`
+    after each batch and may cancel (`Cancelled`).
     """
     from her2core.inference.model import load_translator
     from her2core.util.atomic import write_png
@@ -108,20 +111,21 @@ def translate_tile_folder(run_or_framework, in_dir, out_dir, *, steps: int | Non
         raise UserError(f"{in_dir}: no tile images ({', '.join(IMAGE_SUFFIXES)})")
     if out_dir.resolve() == in_dir.resolve():
         raise UserError(f"{out_dir}: output folder is the input folder; choose another --out")
-    if batch_size < 1:
-        raise UserError(f"--batch-size {batch_size}: must be at least 1")
+    o = options or InferenceOptions()
+    report = ensure(progress)
+    steps, batch_size, seed = o.steps, o.batch_size, o.seed
     stems = [p.stem for p in files]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if dupes:
         raise UserError(f"{in_dir}: several tiles named {dupes[0]} (different suffixes); outputs would collide")
     # the one device/precision rule (util.device), as for slides
-    translator = load_translator(run_or_framework, device=device, steps=steps, precision=precision,
-                                 scheduler=scheduler)
+    translator = load_translator(run_or_framework, device=o.device, steps=steps,
+                                 precision=o.precision, scheduler=o.scheduler)
     run_name = (str(Path(run_or_framework).resolve()) if isinstance(run_or_framework, (str, Path))
                 else translator.name)
     record = {"command": command, "run": run_name, "weights_sha256": translator.fingerprint,
-              "inputs": str(in_dir.resolve()), "steps": steps, "seed": int(seed),
-              "batch_size": int(batch_size), "precision": translator.precision,
+              "inputs": str(in_dir.resolve()), **o.to_json("steps", "seed", "batch_size"),
+              "precision": translator.precision,
               "scheduler": getattr(translator.framework, "scheduler_name", None),
               "inference_mode": getattr(translator.framework, "inference_mode", None)}
     with locked(out_dir, command):
@@ -131,24 +135,16 @@ def translate_tile_folder(run_or_framework, in_dir, out_dir, *, steps: int | Non
         batches = _fixed_batches(files, batch_size)
         target = lambda p: out_dir / f"{p.stem}.png"
         todo = [b for b in batches if overwrite or not all(target(files[i]).exists() for i in b)]
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            n_todo = sum(len(b) for b in todo)
-            bar = tqdm(total=len(files), initial=len(files) - n_todo, desc="translate", unit="tile")
-        try:
-            for b in todo:
-                batch = np.stack([read_rgb(files[i]) for i in b])
-                outs = translator(batch, seed + b[0])
-                for i, out in zip(b, outs):
-                    if overwrite or not target(files[i]).exists():
-                        write_png(target(files[i]), out)
-                if bar is not None:
-                    bar.update(len(b))
-        finally:
-            if bar is not None:
-                bar.close()
+        done = len(files) - sum(len(b) for b in todo)
+        report.update("translate", done, len(files))
+        for b in todo:
+            batch = np.stack([read_rgb(files[i]) for i in b])
+            outs = translator(batch, seed + b[0])
+            for i, out in zip(b, outs):
+                if overwrite or not target(files[i]).exists():
+                    write_png(target(files[i]), out)
+            done += len(b)
+            report.update("translate", done, len(files))
     return out_dir
 
 
