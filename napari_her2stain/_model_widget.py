@@ -26,6 +26,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 
+from her2core.util.progress import Progress, ensure
 from napari_her2stain import _jobs, _qupath
 from napari_her2stain import _layers as L
 
@@ -48,30 +49,38 @@ def roi_features(vertices_rc: np.ndarray, shape_type: str, name: str | None = No
                                          "is_hole": [False]})
 
 
+def _slide_progress(progress: Progress) -> dict:
+    """The keywords that hand `progress` to translate_slide / translate_slide_confidence.
+
+    Until the inference side of issue #14 lands (translate_slide taking `progress: Progress`),
+    they report through `callback(done, total)`, which may raise Cancelled; after it this is
+    `{"progress": progress}`, i.e. the call reads `translate_slide(..., progress=progress)`."""
+    return {"progress": False, "callback": lambda done, total: progress.update("", done, total)}
+
+
 def translate_rois(run_dir, he_path, rois: list[dict], out_dir, *, steps, seed, work_mpp, tile,
-                   overlap, cancel, confidence: bool = False):
-    """Job generator: translate each ROI; yields Progress, returns [(path, roi), ...]
-    (with `confidence`: [(path, roi, confidence path), ...])."""
+                   overlap, confidence: bool = False, progress: Progress | None = None):
+    """Translate each ROI; returns [(path, roi), ...] (with `confidence`: [(path, roi,
+    confidence path), ...]). `progress` hears `("ROI k/n", tiles done, tiles)`; a stop raises
+    `Cancelled` (the slide writer removes its half-written file)."""
     from her2core.inference.slide import translate_slide
 
+    p = ensure(progress)
     out_dir = Path(out_dir)
     results = []
     for k, roi in enumerate(rois):
         out = out_dir / f"virtual_her2_{roi['slug']}.ome.tif"
-        path = yield from _jobs.stepwise(
-            translate_slide, run_dir, he_path, out, cancel=cancel, progress_kw="callback",
-            text=f"ROI {k + 1}/{len(rois)}", roi=roi_features(roi["vertices"], roi["shape_type"], roi["name"]),
+        path = translate_slide(
+            run_dir, he_path, out, roi=roi_features(roi["vertices"], roi["shape_type"], roi["name"]),
             steps=steps, seed=seed, work_mpp=work_mpp, tile=tile, overlap=overlap,
-            overwrite=True, progress=False)
+            overwrite=True, **_slide_progress(p.within(f"ROI {k + 1}/{len(rois)}")))
         if confidence:
             from her2core.inference.confidence_out import translate_slide_confidence
 
-            conf = yield from _jobs.stepwise(
-                translate_slide_confidence, run_dir, he_path, out, cancel=cancel,
-                progress_kw="callback", text=f"ROI {k + 1}/{len(rois)} confidence",
-                roi=roi_features(roi["vertices"], roi["shape_type"], roi["name"]), steps=steps,
-                seed=seed, work_mpp=work_mpp, tile=tile, overlap=overlap, overwrite=True,
-                progress=False)
+            conf = translate_slide_confidence(
+                run_dir, he_path, out, roi=roi_features(roi["vertices"], roi["shape_type"], roi["name"]),
+                steps=steps, seed=seed, work_mpp=work_mpp, tile=tile, overlap=overlap, overwrite=True,
+                **_slide_progress(p.within(f"ROI {k + 1}/{len(rois)} confidence")))
             results.append((Path(path), roi, Path(conf)))
             continue
         results.append((Path(path), roi))
@@ -225,10 +234,10 @@ class ModelWidget(Container):
             self.job.cancel()
             self.status.value = "cancelled"
 
-    def _on_progress(self, p):
-        self.progress.max = max(1, p.total)
-        self.progress.value = min(p.done, self.progress.max)
-        self.progress.label = p.text or "progress"
+    def _on_progress(self, stage: str, done: int, total: int):
+        self.progress.max = max(1, total)
+        self.progress.value = min(done, self.progress.max)
+        self.progress.label = stage or "progress"
 
     def _on_finish(self):
         self.run_btn.enabled, self.cancel_btn.enabled = True, False

@@ -20,6 +20,7 @@ from test_inference_support import ConvNet, he_tile_folder, synth_he
 
 from her2core.errors import UserError
 from her2core.util.outputs import PROVENANCE, locked
+from her2core.util.progress import Progress
 
 KW = {"work_mpp": 0.5, "tile": 64, "overlap": 16, "metric_tile": 64, "progress": False}
 
@@ -178,11 +179,11 @@ def test_two_trains_into_one_new_folder_second_gets_one_line(data, tmp_path):
 
     cfg = TrainConfig(max_steps=2, batch_size=2, checkpoint_every=2, device="cpu")
     run = lambda hook: train("pyramid_pix2pix", data, tmp_path / "run", train_config=cfg,
-                             progress=False, cancel=hook)
+                             progress=Progress(should_stop=hook))
     t, go, errors = _hold_while(lambda hook: run(hook))
     try:
         with pytest.raises(UserError, match="being written by `her2 train`") as e:
-            train("pyramid_pix2pix", data, tmp_path / "run", train_config=cfg, progress=False)
+            train("pyramid_pix2pix", data, tmp_path / "run", train_config=cfg)
         assert "\n" not in str(e.value) and f"pid {os.getpid()}" in str(e.value)
     finally:
         go.set()
