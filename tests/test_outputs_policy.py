@@ -46,7 +46,7 @@ def tiles(tmp_path_factory):
 def test_evaluate_run_refuses_another_runs_folder_and_overwrite_rescores(data, tmp_path):
     from her2core.evaluation.evaluate import EvalSettings, evaluate_run
 
-    quiet = {"progress": False, "log": lambda m: None}
+    quiet = {"log": lambda m: None}
     s = lambda: EvalSettings(set_metrics=False)
     a = evaluate_run(ConvNet(seed=0), data, "test", tmp_path / "ev", s(), **quiet)
     before = _files(tmp_path / "ev")
