@@ -88,7 +88,7 @@ def main(argv=None) -> int:
         out = work / f"run_{name}"
         t0 = time.perf_counter()
         if not (out / "checkpoints" / "latest.json").exists():
-            train(name, data, out, preset="tiny", progress=False,
+            train(name, data, out, preset="tiny",
                   train_config=TrainConfig(max_steps=args.train_steps, seed=0, checkpoint_every=10**9))
         print(f"trained tiny {name}: {args.train_steps} steps in {time.perf_counter() - t0:.0f} s", flush=True)
         runs[name] = out

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from her2core.errors import UserError
+from her2core.util.progress import Progress, tqdm_bars
 
 
 @dataclass
@@ -112,9 +113,9 @@ class Demo:
             self.case_dirs = expected  # resume: already written with these settings
             self.log("      already written (resuming)")
         else:
+            wrote = Progress(lambda _stage, done, total: self.log(f"      wrote case {done} of {total}"))
             self.case_dirs = write_cases(slides, cases=c.cases, seed=c.seed, mode="both",
-                                         size=c.slide_px, real=True, scores=c.scores,
-                                         progress=lambda name: self.log(f"      wrote {name}"))
+                                         size=c.slide_px, real=True, scores=c.scores, progress=wrote)
             from her2core.util.atomic import write_json
 
             write_json(done_file, settings)
@@ -217,10 +218,11 @@ class Demo:
             t0 = time.perf_counter()
             if not (run_dir / "run.json").exists() or not _run_finished(run_dir, steps):
                 # Random 64 px crops keep CPU steps short; translation runs on whole tiles.
-                train(model, self.datasets[ds]["root"], run_dir, preset="tiny",
-                      train_config=TrainConfig(max_steps=steps, seed=seed, crop=64,
-                                               checkpoint_every=max(50, steps // 4)),
-                      resume=(run_dir / "run.json").exists(), progress=True)
+                with tqdm_bars("step") as progress:
+                    train(model, self.datasets[ds]["root"], run_dir, preset="tiny",
+                          train_config=TrainConfig(max_steps=steps, seed=seed, crop=64,
+                                                   checkpoint_every=max(50, steps // 4)),
+                          resume=(run_dir / "run.json").exists(), progress=progress)
             self.runs[name] = {"dir": run_dir, "model": model, "dataset": ds, "steps": steps,
                                "seconds": time.perf_counter() - t0}
             self.log(f"      {name}: {steps} steps in {self.runs[name]['seconds']:.0f} s")
@@ -279,7 +281,7 @@ class Demo:
                 steps = self.cfg.dm_sample_steps if run["model"] == self.cfg.dm_model else None
                 # overwrite: a run trained further since an earlier demo replaces its old tiles
                 metrics = evaluate_run(run["dir"], self.datasets[test_ds]["root"], "test", out, settings,
-                                       progress=False, log=lambda m: None, steps=steps, overwrite=True)
+                                       log=lambda m: None, steps=steps, overwrite=True)
                 self.evals[(name, test_ds)] = {"dir": out, "set": metrics}
         # The comparison uses the aligned (same-section) test tiles for every model: the
         # consecutive-section targets are themselves misaligned, so they would blur the verdict.

@@ -26,6 +26,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 
+from her2core.util.progress import Progress, ensure
 from napari_her2stain import _jobs, _qupath
 from napari_her2stain import _layers as L
 
@@ -48,31 +49,28 @@ def roi_features(vertices_rc: np.ndarray, shape_type: str, name: str | None = No
                                          "is_hole": [False]})
 
 
-def translate_rois(run_dir, he_path, rois: list[dict], out_dir, options, *, cancel,
-                   confidence: bool = False):
-    """Job generator: translate each ROI with `options` (an InferenceOptions); yields Progress,
-    returns [(path, roi), ...] (with `confidence`: [(path, roi, confidence path), ...])."""
+def translate_rois(run_dir, he_path, rois: list[dict], out_dir, options, *,
+                   confidence: bool = False, progress: Progress | None = None):
+    """Translate each ROI with `options` (an InferenceOptions); returns [(path, roi), ...] (with
+    `confidence`: [(path, roi, confidence path), ...]). `progress` hears `("ROI k/n", tiles
+    done, tiles)`; a stop raises `Cancelled` (the slide writer removes its half-written file)."""
     from her2core.inference.slide import translate_slide
-    from her2core.util.progress import Progress as Listener
-
-    def listened(fn):  # the core hears stepwise's relay through the progress protocol
-        return lambda *a, callback, **kw: fn(*a, progress=Listener(callback), **kw)
-
+    p = ensure(progress)
     out_dir = Path(out_dir)
     results = []
     for k, roi in enumerate(rois):
         out = out_dir / f"virtual_her2_{roi['slug']}.ome.tif"
-        path = yield from _jobs.stepwise(
-            listened(translate_slide), run_dir, he_path, out, options, cancel=cancel,
-            progress_kw="callback", text=f"ROI {k + 1}/{len(rois)}",
-            roi=roi_features(roi["vertices"], roi["shape_type"], roi["name"]), overwrite=True)
+        path = translate_slide(
+            run_dir, he_path, out, options,
+            roi=roi_features(roi["vertices"], roi["shape_type"], roi["name"]),
+            overwrite=True, progress=p.within(f"ROI {k + 1}/{len(rois)}"))
         if confidence:
             from her2core.inference.confidence_out import translate_slide_confidence
 
-            conf = yield from _jobs.stepwise(
-                listened(translate_slide_confidence), run_dir, he_path, out, options,
-                cancel=cancel, progress_kw="callback", text=f"ROI {k + 1}/{len(rois)} confidence",
-                roi=roi_features(roi["vertices"], roi["shape_type"], roi["name"]), overwrite=True)
+            conf = translate_slide_confidence(
+                run_dir, he_path, out, options,
+                roi=roi_features(roi["vertices"], roi["shape_type"], roi["name"]),
+                overwrite=True, progress=p.within(f"ROI {k + 1}/{len(rois)} confidence"))
             results.append((Path(path), roi, Path(conf)))
             continue
         results.append((Path(path), roi))
@@ -229,10 +227,10 @@ class ModelWidget(Container):
             self.job.cancel()
             self.status.value = "cancelled"
 
-    def _on_progress(self, p):
-        self.progress.max = max(1, p.total)
-        self.progress.value = min(p.done, self.progress.max)
-        self.progress.label = p.text or "progress"
+    def _on_progress(self, stage: str, done: int, total: int):
+        self.progress.max = max(1, total)
+        self.progress.value = min(done, self.progress.max)
+        self.progress.label = stage or "progress"
 
     def _on_finish(self):
         self.run_btn.enabled, self.cancel_btn.enabled = True, False

@@ -137,11 +137,7 @@ class RegistrationWidget(Container):
 
         config = RegistrationConfig(review_region=int(self.region_px.value))
 
-        def job(cancel):
-            return (yield from _jobs.stepwise(register, he, her2, out, config=config, cancel=cancel,
-                                              cancel_kw="cancel", text="register"))
-
-        self.job = _jobs.start(job, on_progress=self._on_progress,
+        self.job = _jobs.start(register, he, her2, out, config=config, on_progress=self._on_progress,
                                on_done=lambda res: self.load(out),
                                on_error=self._on_error, on_finish=self._on_finish)
 
@@ -150,10 +146,10 @@ class RegistrationWidget(Container):
             self.job.cancel()
             self.status.value = "cancelled"
 
-    def _on_progress(self, p: _jobs.Progress):
-        self.progress.max = max(1, p.total)
-        self.progress.value = min(p.done, self.progress.max)
-        self.progress.label = p.text or "progress"
+    def _on_progress(self, stage: str, done: int, total: int):
+        self.progress.max = max(1, total)
+        self.progress.value = min(done, self.progress.max)
+        self.progress.label = f"register: {stage}" if stage else "register"
 
     def _on_error(self, exc):
         self.status.value = f"error: {exc}"

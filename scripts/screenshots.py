@@ -52,7 +52,7 @@ def main(argv=None) -> int:
         from her2core.training import TrainConfig, train
 
         data = write_tile_dataset(work / "tiles", cases=3, tile=64, tiles_per_case=6, scores=(3,))
-        run = train("pyramid_pix2pix", data, work / "run", preset="tiny", progress=False,
+        run = train("pyramid_pix2pix", data, work / "run", preset="tiny",
                     train_config=TrainConfig(max_steps=args.steps, batch_size=4))
 
     viewer = napari.Viewer(show=True)

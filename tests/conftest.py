@@ -37,3 +37,16 @@ def _torch_threads():
     # napari canvas has put Mesa's llvmpipe (also LLVM) in the process, that segfaults (with
     # PyQt5 and Qt 6 alike, e.g. test_napari_widgets.py run on its own). Load it first.
     import torch._dynamo
+
+
+@pytest.fixture
+def stop_at():
+    """`stop_at(n)`: a her2core Progress that asks to stop once any stage reports `done >= n`
+    (the job then raises `Cancelled` at that report, as when a user presses Cancel)."""
+    from her2core.util.progress import Progress
+
+    def make(n: int) -> Progress:
+        progress = Progress(lambda _stage, done, _total: progress.stop() if done >= n else None)
+        return progress
+
+    return make

@@ -61,7 +61,7 @@ def world(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("world")
     tiles = write_tile_dataset(root / "ds", cases=4, tile=64, mpp=0.5, tiles_per_case=2, seed=0)
-    run = train("pyramid_pix2pix", tiles, root / "run", progress=False,
+    run = train("pyramid_pix2pix", tiles, root / "run",
                 train_config=TrainConfig(max_steps=1, batch_size=2, checkpoint_every=1, log_every=1))
     rng = np.random.default_rng(0)
     img = np.full((256, 320, 3), 235, np.uint8)

@@ -49,7 +49,7 @@ def runs(data, tmp_path_factory):
     root = tmp_path_factory.mktemp("conf_runs")
     out = {}
     for name, steps in STEPS.items():
-        out[name] = train(name, data, root / name, preset="tiny", progress=False,
+        out[name] = train(name, data, root / name, preset="tiny",
                           train_config=TrainConfig(max_steps=steps, seed=0,
                                                    checkpoint_every=10**9, sample_count=1))
     return out

@@ -28,7 +28,7 @@ def case_and_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("conf_napari")
     case = synthetic_case(root / "case00", "case00", her2_score=3, size=512, mpp=0.5)
     data = write_tile_dataset(root / "data", cases=3, tile=64, tiles_per_case=4, seed=0, scores=(3,))
-    run = train("pyramid_pix2pix", data, root / "run", preset="tiny", progress=False,
+    run = train("pyramid_pix2pix", data, root / "run", preset="tiny",
                 train_config=TrainConfig(max_steps=30, batch_size=4, device="cpu"))
     return case, run
 

@@ -30,7 +30,7 @@ def data(tmp_path_factory):
 
 
 def _train(name, root, out, steps, **overrides):
-    train(name, root, out, preset="tiny", overrides=overrides or None, progress=False,
+    train(name, root, out, preset="tiny", overrides=overrides or None,
           train_config=TrainConfig(max_steps=steps, seed=0, checkpoint_every=10**9, sample_count=1))
     return load_run(out)
 

@@ -146,7 +146,7 @@ def test_evaluate_run_translates_then_evaluates(tmp_path, monkeypatch):
     cls = registry.get("pyramid_pix2pix")
     fw = cls(cls.preset("tiny"))
     res = evaluate_run(fw, root, "test", tmp_path / "ev", EvalSettings(set_metrics=False),
-                       progress=False, log=lambda m: None)
+                       log=lambda m: None)
     df = pd.read_csv(tmp_path / "ev" / "per_image.csv")
     assert len(df) == res["n"] == len(list((tmp_path / "ev" / "virtual").glob("*.png"))) > 0
     assert (df.framework == "gan").all() and df.her2_label.between(0, 3).all()

@@ -41,7 +41,7 @@ def test_tiny_gan_beats_identity_and_mean_colour(name, same_section, tmp_path):
     from her2core.datasets import open_paired
     from her2core.inference.tiles import translate_batch
 
-    run = train(name, same_section, tmp_path / name, progress=False,
+    run = train(name, same_section, tmp_path / name,
                 train_config=TrainConfig(max_steps=STEPS[name], seed=0, log_every=20,
                                          checkpoint_every=10 ** 6))
     test = open_paired(same_section, "test")

@@ -31,7 +31,7 @@ def tiny_run(tmp_path_factory):
     data = write_tile_dataset(root / "data", cases=4, tile=64, mpp=MPP, seed=0, tiles_per_case=6)
     return train("pyramid_pix2pix", data, root / "run", preset="tiny",
                  train_config=TrainConfig(max_steps=12, batch_size=4, seed=0, checkpoint_every=12,
-                                          device="cpu"), progress=False)
+                                          device="cpu"))
 
 
 @pytest.fixture(scope="module")

@@ -225,7 +225,7 @@ def test_working_mpp_is_recorded_in_run_json_from_dataset_json(tmp_path):
 
     data = write_tile_dataset(tmp_path / "data", cases=3, tiles_per_case=2, tile=64, mpp=0.46, seed=1)
     assert read_dataset_meta(data)["mpp"] == pytest.approx(0.46)
-    run = train("pyramid_pix2pix", data, tmp_path / "run", preset="tiny", progress=False,
+    run = train("pyramid_pix2pix", data, tmp_path / "run", preset="tiny",
                 train_config=TrainConfig(max_steps=1, batch_size=2, device="cpu"))
     record = read_run(run)
     assert record["working"] == {"mpp": pytest.approx(0.46), "mpp_source": "dataset.json",

@@ -232,14 +232,13 @@ def test_train_killed_resumes_to_the_same_weights(data, tmp_path):
         assert _log(out) == _log(tmp_path / "ref")
 
 
-def test_run_killed_before_its_first_checkpoint_restarts_cleanly(data, tmp_path):
+def test_run_killed_before_its_first_checkpoint_restarts_cleanly(data, tmp_path, stop_at):
     cfg = TrainConfig(max_steps=3, batch_size=2, checkpoint_every=10, log_every=1, seed=1, device="cpu")
-    train("pyramid_pix2pix", data, tmp_path / "full", train_config=cfg, progress=False)
+    train("pyramid_pix2pix", data, tmp_path / "full", train_config=cfg)
     with pytest.raises(Cancelled):
-        train("pyramid_pix2pix", data, tmp_path / "cut", train_config=cfg, progress=False,
-              cancel=lambda step: step == 2)
+        train("pyramid_pix2pix", data, tmp_path / "cut", train_config=cfg, progress=stop_at(2))
     assert (tmp_path / "cut" / "run.json").exists() and not (tmp_path / "cut" / "checkpoints").exists()
-    train("pyramid_pix2pix", None, tmp_path / "cut", train_config=None, resume=True, progress=False)
+    train("pyramid_pix2pix", None, tmp_path / "cut", train_config=None, resume=True)
     assert _weights(tmp_path / "cut") == _weights(tmp_path / "full")
     rows = [json.loads(x) for x in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "G_GAN" in r or "G" in r] == [1, 2, 3]
@@ -250,19 +249,18 @@ def test_run_killed_while_writing_run_json_starts_afresh(data, tmp_path):
     out.mkdir()
     (out / ".run.k2j4x8.part.json").write_text('{"format": "her2-r')  # SIGKILL mid-write
     cfg = TrainConfig(max_steps=1, batch_size=2, device="cpu")
-    train("pyramid_pix2pix", data, out, train_config=cfg, progress=False)
+    train("pyramid_pix2pix", data, out, train_config=cfg)
     assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == 1
 
 
-def test_torn_last_log_line_does_not_block_resume(data, tmp_path):
+def test_torn_last_log_line_does_not_block_resume(data, tmp_path, stop_at):
     cfg = TrainConfig(max_steps=4, batch_size=2, checkpoint_every=2, log_every=1, seed=2, device="cpu")
-    full = train("pyramid_pix2pix", data, tmp_path / "full", train_config=cfg, progress=False)
+    full = train("pyramid_pix2pix", data, tmp_path / "full", train_config=cfg)
     with pytest.raises(Cancelled):
-        train("pyramid_pix2pix", data, tmp_path / "cut", train_config=cfg, progress=False,
-              cancel=lambda step: step == 3)
+        train("pyramid_pix2pix", data, tmp_path / "cut", train_config=cfg, progress=stop_at(3))
     with (tmp_path / "cut" / "log.jsonl").open("a") as fh:
         fh.write('{"step": 4, "G_GA')  # a kill in the middle of a write
-    train("pyramid_pix2pix", None, tmp_path / "cut", resume=True, progress=False)
+    train("pyramid_pix2pix", None, tmp_path / "cut", resume=True)
     assert _weights(tmp_path / "cut") == _weights(full)
     assert _log(tmp_path / "cut") == _log(full)
 

@@ -40,7 +40,7 @@ def tiny_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("train")
     data = write_tile_dataset(root / "data", cases=3, tile=64, tiles_per_case=4, seed=0, scores=(3,))
-    return train("pyramid_pix2pix", data, root / "run", preset="tiny", progress=False,
+    return train("pyramid_pix2pix", data, root / "run", preset="tiny",
                  train_config=TrainConfig(max_steps=30, batch_size=4, device="cpu"))
 
 
@@ -255,12 +255,13 @@ def test_cancel_stops_a_threaded_run(make_napari_viewer, registered, tiny_run, t
     try:
         seen = []
         job = mw.run()
-        job.worker.yielded.connect(lambda p: (seen.append(p), job.cancel()))
+        # reports reach the GUI thread through the job's listeners; the first one cancels
+        job.listeners.append(lambda stage, done, total: (seen.append((done, total)), job.cancel()))
         qtbot.waitUntil(lambda: not job.running, timeout=120_000)
     finally:
         _jobs.set_threaded(False)
     assert job.cancelled and seen
-    assert seen[0].total > 1 and seen[-1].done < seen[0].total  # stopped before the end
+    assert seen[0][1] > 1 and seen[-1][0] < seen[0][1]  # stopped before the end
     assert L.layers_with_role(viewer, "virtual") == []
     assert not list((tmp_path / "virtual").glob("*.ome.tif"))
     assert mw.run_btn.enabled and not mw.cancel_btn.enabled

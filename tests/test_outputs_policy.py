@@ -48,7 +48,7 @@ def tiles(tmp_path_factory):
 def test_evaluate_run_refuses_another_runs_folder_and_overwrite_rescores(data, tmp_path):
     from her2core.evaluation.evaluate import EvalSettings, evaluate_run
 
-    quiet = {"progress": False, "log": lambda m: None}
+    quiet = {"log": lambda m: None}
     s = lambda: EvalSettings(set_metrics=False)
     a = evaluate_run(ConvNet(seed=0), data, "test", tmp_path / "ev", s(), **quiet)
     before = _files(tmp_path / "ev")
@@ -181,11 +181,11 @@ def test_two_trains_into_one_new_folder_second_gets_one_line(data, tmp_path):
 
     cfg = TrainConfig(max_steps=2, batch_size=2, checkpoint_every=2, device="cpu")
     run = lambda hook: train("pyramid_pix2pix", data, tmp_path / "run", train_config=cfg,
-                             progress=False, cancel=hook)
+                             progress=Progress(should_stop=hook))
     t, go, errors = _hold_while(lambda hook: run(hook))
     try:
         with pytest.raises(UserError, match="being written by `her2 train`") as e:
-            train("pyramid_pix2pix", data, tmp_path / "run", train_config=cfg, progress=False)
+            train("pyramid_pix2pix", data, tmp_path / "run", train_config=cfg)
         assert "\n" not in str(e.value) and f"pid {os.getpid()}" in str(e.value)
     finally:
         go.set()

@@ -100,7 +100,7 @@ def test_consistency_lpips_with_local_weights_and_l2_fallback_recorded(tiles, tm
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # an empty hub: no weights
     monkeypatch.delenv(lpips_loss.VGG_ENV, raising=False)
-    run = train("consistency", tiles, tmp_path / "run", progress=False,
+    run = train("consistency", tiles, tmp_path / "run",
                 overrides={"loss": "lpips", "ema_rate": None, "schedule": "run"},
                 train_config=TrainConfig(max_steps=2, batch_size=2, checkpoint_every=10 ** 6, sample_count=0))
     recipe = json.loads((run / "run.json").read_text())["recipe"]
@@ -198,7 +198,7 @@ def test_bcistainer_refuses_a_dataset_without_scores_and_takes_a_scores_csv(tile
     (bare / "manifest.csv").unlink()  # HER2match layout without a manifest: every score unknown
     tc = TrainConfig(max_steps=1, checkpoint_every=10 ** 6, sample_count=0)
     with pytest.raises(UserError, match="none of the .* training pairs has one"):
-        train("bcistainer", bare, tmp_path / "refused", train_config=tc, progress=False)
+        train("bcistainer", bare, tmp_path / "refused", train_config=tc)
     assert not (tmp_path / "refused" / "run.json").exists()
 
     scores = tmp_path / "scores.csv"
@@ -207,7 +207,7 @@ def test_bcistainer_refuses_a_dataset_without_scores_and_takes_a_scores_csv(tile
         w.writerow(["name", "her2_score"])
         w.writerows([(r["name"], f"{r['her2_score']}+" if r["her2_score"] != "0" else "0") for r in rows])
     run = train("bcistainer", bare, tmp_path / "scored", train_config=TrainConfig(
-        max_steps=1, checkpoint_every=10 ** 6, sample_count=0, scores=str(scores)), progress=False)
+        max_steps=1, checkpoint_every=10 ** 6, sample_count=0, scores=str(scores)))
     data = json.loads((run / "run.json").read_text())["data"]
     assert data["scored_pairs"] == data["train_pairs"] > 0
 
@@ -227,7 +227,7 @@ def test_scores_from_bci_style_names_in_a_her2match_layout(tiles, tmp_path):
 
 
 def test_bcistainer_keeps_the_best_validation_psnr_checkpoint(tiles, tmp_path):
-    run = train("bcistainer", tiles, tmp_path / "run", progress=False,
+    run = train("bcistainer", tiles, tmp_path / "run",
                 overrides={"select": "val_psnr", "validate_every": 0.5},
                 train_config=TrainConfig(max_steps=6, batch_size=2, checkpoint_every=10 ** 6,
                                          keep_checkpoints=1, sample_count=0, log_every=1))
@@ -294,7 +294,7 @@ def test_context_accumulates_micro_batches_into_one_step():
 def test_engine_applies_bbdm_accumulation(tiles, tmp_path):
     from safetensors.torch import load_file
 
-    run = train("bbdm", tiles, tmp_path / "run", progress=False, overrides={"accumulate": 2},
+    run = train("bbdm", tiles, tmp_path / "run", overrides={"accumulate": 2},
                 train_config=TrainConfig(max_steps=3, batch_size=2, checkpoint_every=10 ** 6,
                                          sample_count=0, log_every=1))
     resolved = json.loads((run / "run.json").read_text())["resolved"]
@@ -361,9 +361,9 @@ def test_pix2pix_reference_mode_is_test_py_without_eval(tiles, tmp_path):
     nodrop.config = ev
     assert not torch.allclose(nodrop.translate(x), nodrop.translate(x[1:2]).expand_as(x))
 
-    run = train("pyramid_pix2pix", tiles, tmp_path / "run", progress=False, overrides={"inference": "reference"},
+    run = train("pyramid_pix2pix", tiles, tmp_path / "run", overrides={"inference": "reference"},
                 train_config=TrainConfig(max_steps=1, checkpoint_every=10 ** 6, sample_count=0))
-    result = evaluate_run(run, tiles, "test", tmp_path / "eval", progress=False, log=lambda *_: None)
+    result = evaluate_run(run, tiles, "test", tmp_path / "eval", log=lambda *_: None)
     assert result["settings"]["inference_mode"] == "reference"
     stored = json.loads((tmp_path / "eval" / "set_metrics.json").read_text())
     assert stored["settings"]["inference_mode"] == "reference"

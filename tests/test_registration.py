@@ -185,6 +185,24 @@ def test_review_flags_regions_with_a_bad_transform(base, tmp_path):
     assert (row["dx_um"], row["dy_um"]) == pytest.approx((25.0, 15.0), abs=1.0)
 
 
+def test_cancel_through_progress_stops_at_a_stage_and_writes_no_transform(base, tmp_path):
+    from her2core.util.progress import Cancelled, Progress
+
+    case = sample_dir(base) / "case00_same"
+    seen = []
+
+    def listen(stage, done, total):
+        seen.append((stage, done, total))
+        if stage == "affine":
+            progress.stop()
+
+    progress = Progress(listen)
+    with pytest.raises(Cancelled, match="affine"):
+        register(case / "he.ome.tif", case / "her2.ome.tif", tmp_path / "reg", progress=progress)
+    assert [s for s, _, _ in seen] == ["coarse", "coarse", "affine"] and seen[-1][1] == 1
+    assert not (tmp_path / "reg" / "transform.json").exists()
+
+
 def test_failed_registration_is_one_clear_error(base, tmp_path):
     case = sample_dir(base) / "case00_same"
     with open_slide(case / "he.ome.tif") as s:

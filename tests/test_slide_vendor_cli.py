@@ -130,7 +130,7 @@ def test_cli_translate_on_the_vendor_slide(vendor_case, tmp_path, capsys):
     cmu, _, _ = vendor_case
     data = write_tile_dataset(tmp_path / "data", cases=3, tile=64, mpp=0.5, seed=0,
                               tiles_per_case=2)
-    run = train("pyramid_pix2pix", data, tmp_path / "run", preset="tiny", progress=False,
+    run = train("pyramid_pix2pix", data, tmp_path / "run", preset="tiny",
                 train_config=TrainConfig(max_steps=2, batch_size=2, seed=0, checkpoint_every=2,
                                          device="cpu"))
     out = tmp_path / "virtual.ome.tif"

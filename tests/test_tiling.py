@@ -18,6 +18,7 @@ from her2core.tiling import (
     detect_tissue,
     load_splits,
 )
+from her2core.util.progress import Cancelled, Progress
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +137,18 @@ def test_tile_qc_drops_artefacts_keeps_clean_tissue_and_resumes(base, tmp_path):
     prog = out / ".progress" / "c0.csv"
     lines = prog.read_text().splitlines(keepends=True)
     prog.write_text("".join(lines[: len(lines) // 2]) + lines[len(lines) // 2][:10])  # cut mid-row
+    build_dataset([c], out, cfg, splits={"c0": "train"})
+    assert (out / "manifest.csv").read_bytes() == before
+    # cancel: a stop asked through the progress protocol ends the case between tiles; it resumes
+    (out / ".progress" / "c0.done").unlink()
+    prog.write_text("".join(lines[: len(lines) // 4]))
+    resumed_from, seen = len(lines) // 4 - 1, []  # rows kept (the header is a line)
+    progress = Progress(lambda stage, done, total: (seen.append((stage, done)),
+                                                    progress.stop() if done >= resumed_from + 3 else None))
+    with pytest.raises(Cancelled):
+        build_dataset([c], out, cfg, splits={"c0": "train"}, progress=progress)
+    assert seen == [("c0: tile", resumed_from + k) for k in range(4)]
+    assert not (out / ".progress" / "c0.done").exists()
     build_dataset([c], out, cfg, splits={"c0": "train"})
     assert (out / "manifest.csv").read_bytes() == before
     with pytest.raises(UserError, match="other settings"):

@@ -26,7 +26,7 @@ def test_two_process_gloo_matches_one_process(tmp_path):
            "-m", "her2core", "train", *common, *sets_args, "--out", str(tmp_path / "ddp")]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
-    train("pyramid_pix2pix", data, tmp_path / "one", overrides=sets, progress=False,
+    train("pyramid_pix2pix", data, tmp_path / "one", overrides=sets,
           train_config=TrainConfig(max_steps=3, batch_size=4, log_every=1, seed=5, device="cpu"))
 
     def losses(run):

@@ -32,15 +32,14 @@ def _weights(run_dir):
 RESUME_OVERRIDES = {"ema_after": 2, "start_cmp": 2.4, "epochs": 6}
 
 
-def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(tiles, tmp_path):
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(tiles, tmp_path, stop_at):
     cfg = TrainConfig(max_steps=10, batch_size=2, checkpoint_every=4, log_every=1, seed=3)
-    full = train("bcistainer", tiles, tmp_path / "full", train_config=cfg, overrides=RESUME_OVERRIDES,
-                 progress=False)
+    full = train("bcistainer", tiles, tmp_path / "full", train_config=cfg, overrides=RESUME_OVERRIDES)
     with pytest.raises(Cancelled):  # killed at step 6, after the checkpoint of step 4
         train("bcistainer", tiles, tmp_path / "cut", train_config=cfg, overrides=RESUME_OVERRIDES,
-              progress=False, cancel=lambda step: step == 6)
+              progress=stop_at(6))
     assert json.loads((tmp_path / "cut/checkpoints/latest.json").read_text())["step"] == 4
-    train("bcistainer", tiles, tmp_path / "cut", train_config=cfg, resume=True, progress=False)
+    train("bcistainer", tiles, tmp_path / "cut", train_config=cfg, resume=True)
     a, b = _weights(full), _weights(tmp_path / "cut")
     assert a.keys() == b.keys() and any(k.startswith("optim.") for k in a)
     assert any(k.startswith("model.G_ema.") for k in a)
@@ -55,7 +54,7 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(tiles, tmp_pa
 
 def test_run_folder_layout_and_no_pickle(tiles, tmp_path):
     run = train("pyramid_pix2pix", tiles, tmp_path / "run",
-                train_config=TrainConfig(max_steps=3, checkpoint_every=2, log_every=1), progress=False)
+                train_config=TrainConfig(max_steps=3, checkpoint_every=2, log_every=1))
     meta = json.loads((run / "run.json").read_text())
     assert meta["framework"] == "pyramid_pix2pix" and meta["resolved"]["total_steps"] == 3
     assert meta["data"]["mpp"] == 0.5
@@ -78,7 +77,7 @@ def test_translate_tile_folder_writes_same_names_rounded(tiles, tmp_path):
     from her2core.inference.options import InferenceOptions
     from her2core.inference.tiles import translate_batch, translate_tile_folder
 
-    run = train("pyramid_pix2pix", tiles, tmp_path / "run", train_config=TrainConfig(max_steps=2), progress=False)
+    run = train("pyramid_pix2pix", tiles, tmp_path / "run", train_config=TrainConfig(max_steps=2))
     he_dir = Path(tiles) / "HE_20x" / "test"
     out = translate_tile_folder(run, he_dir, tmp_path / "virtual", InferenceOptions(batch_size=3))
     assert sorted(p.name for p in out.glob("*.png")) == sorted(p.name for p in he_dir.iterdir())
@@ -128,7 +127,7 @@ def test_bad_input_is_one_line_exit_2_and_overwrites_nothing(tiles, tmp_path, ca
 
     from PIL import Image
 
-    run = train("pyramid_pix2pix", tiles, tmp_path / "run", train_config=TrainConfig(max_steps=1), progress=False)
+    run = train("pyramid_pix2pix", tiles, tmp_path / "run", train_config=TrainConfig(max_steps=1))
     before = _digest(run)
 
     # a dataset with no pairs
@@ -190,4 +189,4 @@ def test_nonfinite_gradients_stop_with_a_clear_message(tiles, tmp_path):
 
     with pytest.raises(TrainingStopped, match="non-finite gradient at step 0"):
         train("pyramid_pix2pix", tiles, tmp_path / "nan", overrides={"lambda_L1": float("nan")},
-              train_config=TrainConfig(max_steps=3, nonfinite="stop"), progress=False)
+              train_config=TrainConfig(max_steps=3, nonfinite="stop"))

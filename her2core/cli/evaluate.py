@@ -54,9 +54,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     import sys
+    from contextlib import nullcontext
 
     from her2core.errors import UserError
     from her2core.evaluation.evaluate import EvalSettings, evaluate_folders, evaluate_run
+    from her2core.util.progress import tqdm_bars
 
     s = EvalSettings(model=args.model, framework=args.framework, dataset=args.dataset,
                      test_set=args.test_set, mpp=args.mpp,
@@ -69,14 +71,16 @@ def run(args) -> int:
     if args.run:
         if not args.data:
             raise UserError("--run needs --data DATASET (and --split)")
-        res = evaluate_run(args.run, args.data, args.split, args.out, s, progress=not args.quiet, log=log,
-                           steps=args.steps, overwrite=args.overwrite)
+        with nullcontext() if args.quiet else tqdm_bars("batch") as progress:
+            res = evaluate_run(args.run, args.data, args.split, args.out, s, progress=progress, log=log,
+                               steps=args.steps, overwrite=args.overwrite)
     else:
         if not (args.pred and args.target):
             raise UserError("give --pred DIR --target DIR, or --run RUN --data DATASET")
         # (the output's lock is held by the CLI dispatcher, as for every command with --out)
-        res = evaluate_folders(args.pred, args.target, args.out, s, he_dir=args.he,
-                               progress=not args.quiet, log=log)
+        with nullcontext() if args.quiet else tqdm_bars("batch") as progress:
+            res = evaluate_folders(args.pred, args.target, args.out, s, he_dir=args.he,
+                                   progress=progress, log=log)
     if args.confidence is not None:
         cal = _calibration(args)
         sp = cal["sparsification"]

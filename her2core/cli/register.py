@@ -24,14 +24,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from her2core.cli._bars import named_bars
     from her2core.registration import RegistrationConfig, register
+    from her2core.util.progress import tqdm_bars
 
     cfg = RegistrationConfig(max_rotation=args.max_rotation, review_region=args.review_region,
                              review_threshold_um=args.threshold_um, seed=args.seed)
     if args.no_field:
         cfg.field_passes, cfg.dense = (), False
-    with named_bars("step") as progress:
+    with tqdm_bars("step") as progress:
         res = register(args.he, args.her2, args.out, he_mpp=args.he_mpp or args.mpp,
                        her2_mpp=args.her2_mpp or args.mpp, config=cfg, write_image=not args.no_image,
                        progress=progress, overwrite=args.overwrite)

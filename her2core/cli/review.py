@@ -21,16 +21,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from tqdm import tqdm
-
     from her2core.registration import review
+    from her2core.util.progress import tqdm_bars
 
-    with tqdm(desc="review", unit="region", leave=False) as bar:
-        def progress(i, n):
-            bar.total = n
-            bar.n = i
-            bar.refresh()
-
+    with tqdm_bars("region") as progress:
         r = review(args.he, args.registered, args.out, region=args.region, threshold_um=args.threshold_um,
                    min_correlation=args.min_correlation, transform=args.transform, he_mpp=args.mpp,
                    registered_mpp=args.mpp, progress=progress)

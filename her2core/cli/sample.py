@@ -31,11 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from her2core.errors import UserError
     from her2core.sample import write_cases, write_tile_dataset
     from her2core.sample.slides import check_options
+    from her2core.util.progress import tqdm_bars
 
     try:
         check_options(cases=args.cases, mode=args.mode, size=args.size, mpp=args.mpp)
@@ -45,11 +44,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.out}: exists and is not a folder; choose another --out")
     t0 = time.time()
     modes = ("same", "consecutive") if args.mode == "both" else (args.mode,)
-    total = args.cases * len(modes) + (1 if args.real else 0)
-    with tqdm(total=total, desc="her2 sample", unit="case", leave=False) as bar:
+    with tqdm_bars("case") as progress:
         folders = write_cases(args.out, cases=args.cases, seed=args.seed, mode=args.mode, size=args.size,
-                              mpp=args.mpp, artefacts=args.artefacts, real=args.real,
-                              progress=lambda _name: bar.update(1))
+                              mpp=args.mpp, artefacts=args.artefacts, real=args.real, progress=progress)
     for f in folders:
         print(f"wrote {f}/ (he.ome.tif, her2.ome.tif, truth.json, preview.png)")
     if args.tiles:

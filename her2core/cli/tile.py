@@ -79,9 +79,9 @@ def build_config(args):
 def run(args) -> int:
     from pathlib import Path
 
-    from her2core.cli._bars import named_bars
     from her2core.errors import UserError
     from her2core.tiling import Case, build_dataset, read_cases_csv
+    from her2core.util.progress import tqdm_bars
 
     splits = args.splits
     if args.cases:
@@ -100,7 +100,7 @@ def run(args) -> int:
     else:
         raise UserError("give --cases CSV, or --he with --her2-registered (or --her2 and --transform)")
     cfg = build_config(args)
-    with named_bars("tile") as progress:
+    with tqdm_bars("tile") as progress:
         s = build_dataset(cases, args.out, cfg, splits=splits, mpp=args.mpp, workers=args.workers,
                           require_review=args.require_review,
                           progress=progress)

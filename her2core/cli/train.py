@@ -62,10 +62,12 @@ def _overrides(items: list[str]) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     import dataclasses
+    from contextlib import nullcontext
 
     from her2core.errors import UserError
     from her2core.training import TrainConfig, read_run, train
     from her2core.util.configs import from_dict
+    from her2core.util.progress import tqdm_bars
 
     given = {field: getattr(args, flag) for flag, field in _FLAGS.items() if getattr(args, flag) is not None}
     if args.resume:
@@ -77,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
         if args.data is None:
             raise UserError("--data is required for a new run")
         tc = TrainConfig(**given)
-    out = train(args.model, args.data, args.out, preset=args.preset, train_config=tc,
-                overrides=_overrides(args.set), resume=args.resume, progress=not args.no_progress)
+    with nullcontext() if args.no_progress else tqdm_bars("step") as progress:
+        out = train(args.model, args.data, args.out, preset=args.preset, train_config=tc,
+                    overrides=_overrides(args.set), resume=args.resume, progress=progress)
     print(f"run: {out}")
     return 0

@@ -22,6 +22,7 @@ from her2core.evaluation import pixel
 from her2core.evaluation.pathology import DabSettings, cohen_kappa
 from her2core.evaluation.tile_metrics import PIXEL_COLUMNS, tile_metrics
 from her2core.util.hashing import sha256_file
+from her2core.util.progress import Progress, ensure
 
 #: a row's identity: the tile (`image`, its name in the test set), the model, its framework, the
 #: model's training `dataset`, and the evaluated `test_set` (her2 compare crosses tiles of a test set)
@@ -59,15 +60,15 @@ def framework_of(model: str) -> str:
 
 
 def evaluate_folders(pred_dir, target_dir, out_dir, settings: EvalSettings | None = None, *,
-                     he_dir=None, progress: bool = True, log: Callable[[str], None] = print,
+                     he_dir=None, progress: Progress | None = None, log: Callable[[str], None] = print,
                      extra_columns: dict[str, dict[str, object]] | None = None) -> dict:
     """Write out_dir/per_image.csv and out_dir/set_metrics.json; return the set metrics.
 
     `extra_columns` maps column name -> {image name: value} (e.g. the dataset's HER2 label).
+    `progress` hears `("evaluate", batches done, batches)`.
     """
     import pandas as pd
     import torch
-    from tqdm import tqdm
 
     from her2core.util.atomic import atomic_path, write_json
 
@@ -106,7 +107,9 @@ def evaluate_folders(pred_dir, target_dir, out_dir, settings: EvalSettings | Non
     rows, feats_v, feats_r = [], [], []
     shape = None
     batches = range(0, len(pairs), s.batch_size)
-    for start in tqdm(batches, desc="evaluate", unit="batch", disable=not progress):
+    report = ensure(progress)
+    for done, start in enumerate(batches):
+        report.update("evaluate", done, len(batches))
         chunk = pairs[start:start + s.batch_size]
         imgs = [pairing.read_pair(p, t) for _, p, t in chunk]
         for (name, p, t), (a, _) in zip(chunk, imgs):
@@ -132,6 +135,7 @@ def evaluate_folders(pred_dir, target_dir, out_dir, settings: EvalSettings | Non
                 row[col] = values.get(name)
             rows.append(row)
 
+    report.update("evaluate", len(batches), len(batches))
     df = pd.DataFrame(rows)
     out_dir = Path(out_dir)
     with atomic_path(out_dir / "per_image.csv") as tmp:
@@ -204,7 +208,8 @@ def _finite_mean(col) -> float | None:
 
 
 def evaluate_run(run_dir, data_root, split, out_dir, settings: EvalSettings | None = None, *,
-                 progress: bool = True, log: Callable[[str], None] = print, steps: int | None = None,
+                 progress: Progress | None = None, log: Callable[[str], None] = print,
+                 steps: int | None = None,
                  overwrite: bool = False) -> dict:
     """Translate a dataset split's H&E tiles with a trained run, then evaluate them.
 
@@ -213,7 +218,8 @@ def evaluate_run(run_dir, data_root, split, out_dir, settings: EvalSettings | No
     virtual tiles go to out_dir/virtual, and the dataset's HER2 score becomes the
     `her2_label` column when known. out_dir records the run's fingerprint, the dataset and the
     split (`her2core.util.outputs`): the same evaluation resumes, another one is refused unless
-    `overwrite` (which first removes the old inputs, virtual tiles and tables).
+    `overwrite` (which first removes the old inputs, virtual tiles and tables). `progress` hears
+    the translation and the evaluation.
     """
     from her2core.util.outputs import locked
 

@@ -13,7 +13,6 @@ through the full transform (affine + field) at every step, so nothing is compose
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +20,7 @@ import numpy as np
 from her2core.registration.transform import Transform
 from her2core.slide.sampling import grid_xy, sample_rgb
 from her2core.stain import hematoxylin_od
+from her2core.util.progress import Progress, ensure
 
 
 @dataclass
@@ -78,8 +78,10 @@ def _tiles(n: int, core: int):
 def refine_field(he_slide, her2_slide, t: Transform, tissue, levels, *, spacing: float,
                  window: int = 9, smooth: float = 0.5, lr: float = 0.3, tile_px: int = 1536,
                  margin_px: int = 64, device=None,
-                 cancel: Callable[[], bool] | None = None) -> list[dict]:
-    """Optimise `t.field` in place (resampled to nodes `spacing` level-0 px apart); returns per-level records."""
+                 progress: Progress | None = None) -> list[dict]:
+    """Optimise `t.field` in place (resampled to nodes `spacing` level-0 px apart); returns per-level records.
+
+    `progress` is checked per tile (cancel)."""
     import torch
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -90,6 +92,7 @@ def refine_field(he_slide, her2_slide, t: Transform, tissue, levels, *, spacing:
     t.field_origin_xy = (0.0, 0.0)
     minv = torch.tensor(t.inverse_matrix[:2], dtype=torch.float32, device=dev)
     records = []
+    stop = ensure(progress)
     for lv in levels:
         m = max(float(lv.mpp), he_mpp)
         s = m / he_mpp                      # level-0 px per work px
@@ -98,8 +101,7 @@ def refine_field(he_slide, her2_slide, t: Transform, tissue, levels, *, spacing:
         gain, done, cpu0 = [], 0, time.process_time()
         for r0, r1 in _tiles(hm, tile_px):
             for c0, c1 in _tiles(wm, tile_px):
-                if cancel is not None and cancel():
-                    raise KeyboardInterrupt
+                stop.check("dense")
                 core = (c0 * s, r0 * s, (c1 - c0) * s, (r1 - r0) * s)
                 if tissue is not None and tissue.coverage(*core) <= 0.0:
                     continue

@@ -15,6 +15,7 @@ import numpy as np
 from her2core.registration.transform import Transform
 from her2core.registration.warp import read_he_patch, read_warped_patch
 from her2core.stain import hematoxylin_od
+from her2core.util.progress import Progress, ensure
 
 
 @dataclass
@@ -64,11 +65,11 @@ def patch_shift(ref: np.ndarray, mov: np.ndarray, *, upsample: int = 10,
 def match_points(he_slide, her2_slide, transform: Transform, points_xy: np.ndarray, *, mpp: float,
                  patch: int, min_ncc: float, max_shift_frac: float = 0.3,
                  min_signal: float = 0.05, normalization: str | None = "phase",
-                 smooth_um: float = 0.0, cancel=None) -> Matches:
+                 smooth_um: float = 0.0, progress: Progress | None = None) -> Matches:
     """Measure, at `mpp`, how far the warped HER2 is off at each H&E level-0 point.
 
     `smooth_um` blurs the hematoxylin first: at tissue scale, nuclear density (not the
-    individual nuclei) is what consecutive sections share.
+    individual nuclei) is what consecutive sections share. `progress` is checked per point (cancel).
     """
     from scipy.ndimage import gaussian_filter
     pts = np.asarray(points_xy, dtype=float).reshape(-1, 2)
@@ -78,9 +79,9 @@ def match_points(he_slide, her2_slide, transform: Transform, points_xy: np.ndarr
     shift_px = np.zeros((n, 2))
     scores = np.zeros(n)
     valid = np.zeros(n, dtype=bool)
+    stop = ensure(progress)
     for i, p in enumerate(pts):
-        if cancel is not None and cancel():
-            raise KeyboardInterrupt
+        stop.check("match")
         he_h = hematoxylin_od(read_he_patch(he_slide, p, patch, mpp))
         if (he_h > 0.1).mean() < min_signal:
             continue

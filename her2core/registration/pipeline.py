@@ -12,7 +12,6 @@ where matches fail left 2-3 µm median error on deformed tissue (issue #19).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from her2core.registration.fit import ransac_affine, reject_local_outliers, smoo
 from her2core.registration.match import match_points
 from her2core.registration.transform import Transform
 from her2core.util.atomic import write_json
+from her2core.util.progress import Progress, ensure
 
 
 @dataclass
@@ -73,7 +73,6 @@ class RegistrationResult:
     passes: list[dict] = field(default_factory=list)
 
 
-Progress = Callable[[str, int, int], None]
 
 
 def _open(path, mpp, what):
@@ -106,12 +105,13 @@ def _tissue_points(tissue, w, h, spacing, max_points):
 
 def register(he_path, her2_path, out_dir, *, he_mpp: float | None = None, her2_mpp: float | None = None,
              config: RegistrationConfig | None = None, write_image: bool = True, run_review: bool = True,
-             progress: Progress | None = None, cancel: Callable[[], bool] | None = None,
-             overwrite: bool = False) -> RegistrationResult:
+             progress: Progress | None = None, overwrite: bool = False) -> RegistrationResult:
     """Register the HER2 slide onto the H&E slide; writes transform.json, her2_registered.ome.tif, review.
 
     An existing registration in `out_dir` is refused unless `overwrite`; `out_dir` is locked
-    while written (`her2core.util.outputs`).
+    while written (`her2core.util.outputs`). `progress` hears each stage (coarse, affine, field,
+    dense, resample, review); a stop asked there raises `Cancelled` and leaves no transform.json
+    half-written.
     """
     from her2core.util.outputs import locked
 
@@ -121,11 +121,11 @@ def register(he_path, her2_path, out_dir, *, he_mpp: float | None = None, her2_m
                             "pass --overwrite to replace it or choose another --out")
         return _register(he_path, her2_path, Path(out_dir), he_mpp=he_mpp, her2_mpp=her2_mpp,
                          config=config, write_image=write_image, run_review=run_review,
-                         progress=progress, cancel=cancel)
+                         progress=ensure(progress))
 
 
 def _register(he_path, her2_path, out_dir: Path, *, he_mpp, her2_mpp, config, write_image, run_review,
-              progress, cancel) -> RegistrationResult:
+              progress: Progress) -> RegistrationResult:
     from scipy.ndimage import binary_dilation
 
     from her2core.slide.tissue import TissueConfig, detect_tissue
@@ -133,7 +133,7 @@ def _register(he_path, her2_path, out_dir: Path, *, he_mpp, her2_mpp, config, wr
     cfg = config or RegistrationConfig()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tick = progress or (lambda stage, i, n: None)
+    tick = progress.update
     he = _open(he_path, he_mpp, "H&E")
     her2 = _open(her2_path, her2_mpp, "HER2")
     t0 = time.time()
@@ -163,7 +163,7 @@ def _register(he_path, her2_path, out_dir: Path, *, he_mpp, her2_mpp, config, wr
             pts, inside, _ = _tissue_points(tissue, W, H, spacing, cfg.affine_max_points)
             m = match_points(he, her2, t, pts[inside], mpp=mpp, patch=cfg.affine_patch,
                              min_ncc=cfg.affine_min_ncc, normalization=None,
-                             smooth_um=cfg.affine_smooth_um, cancel=cancel)
+                             smooth_um=cfg.affine_smooth_um, progress=progress)
             nv = int(m.valid.sum())
             rec = {"stage": "affine", "mpp": mpp, "points": len(m.valid), "matched": nv}
             if nv < max(cfg.min_matched, 3):
@@ -193,7 +193,7 @@ def _register(he_path, her2_path, out_dir: Path, *, he_mpp, her2_mpp, config, wr
                 mpp = max(float(mpp), he.mpp)
                 m = match_points(he, her2, t, nodes[inside], mpp=mpp, patch=int(patch),
                                  min_ncc=float(min_ncc), smooth_um=float(smooth_um),
-                                 normalization="phase" if phase else None, cancel=cancel)
+                                 normalization="phase" if phase else None, progress=progress)
                 grid = np.zeros((ny, nx, 2))
                 valid = np.zeros((ny, nx), bool)
                 p = m.he_xy
@@ -218,7 +218,7 @@ def _register(he_path, her2_path, out_dir: Path, *, he_mpp, her2_mpp, config, wr
             passes += refine_field(he, her2, t, tissue, [DenseLevel(*lv) for lv in cfg.dense_levels],
                                    spacing=cfg.dense_node_um / he.mpp, window=cfg.dense_window,
                                    smooth=cfg.dense_smooth, lr=cfg.dense_lr, tile_px=cfg.dense_tile_px,
-                                   cancel=cancel)
+                                   progress=progress)
             tick("dense", 1, 1)
 
         warnings = t.plausibility_warnings()
@@ -233,7 +233,7 @@ def _register(he_path, her2_path, out_dir: Path, *, he_mpp, her2_mpp, config, wr
             from her2core.registration.resample import write_registered
 
             reg_path = write_registered(her2, t, out_dir / "her2_registered.ome.tif", tile=cfg.write_tile,
-                                        progress=lambda i, n: tick("resample", i, n), cancel=cancel,
+                                        progress=progress,
                                         properties={"registered_from": str(her2_path),
                                                     "onto": str(he_path)})
         rev = None
@@ -242,7 +242,7 @@ def _register(he_path, her2_path, out_dir: Path, *, he_mpp, her2_mpp, config, wr
 
             rev = review(he_path, reg_path, out_dir, region=cfg.review_region,
                          threshold_um=cfg.review_threshold_um, transform=t, he_mpp=he.mpp,
-                         progress=lambda i, n: tick("review", i, n), cancel=cancel)
+                         progress=progress)
         return RegistrationResult(transform=t, transform_path=tpath, registered_path=reg_path, review=rev,
                                   warnings=warnings, passes=passes)
     finally:

@@ -8,13 +8,13 @@ only the rows a read needs, so resident memory stays a few bands whatever the sl
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from her2core.registration.transform import Transform
 from her2core.registration.warp import warp_region
+from her2core.util.progress import Progress, ensure
 
 
 class RawRGB:
@@ -47,15 +47,16 @@ class RawRGB:
 
 
 def write_registered(her2_slide, transform: Transform, out_path: str | Path, *, tile: int = 1024,
-                     progress: Callable[[int, int], None] | None = None,
-                     cancel: Callable[[], bool] | None = None, properties: dict | None = None) -> Path:
-    """HER2 warped onto the H&E level-0 grid (`transform.he_size`, `transform.he_mpp`) as OME-TIFF."""
+                     progress: Progress | None = None, properties: dict | None = None) -> Path:
+    """HER2 warped onto the H&E level-0 grid (`transform.he_size`, `transform.he_mpp`) as OME-TIFF.
+
+    `progress` hears `("resample", tiles done, tiles)`."""
     from her2core.slide import write_pyramid
 
     out_path = Path(out_path)
     w, h = (int(v) for v in transform.he_size)
     n_tiles = ((h + tile - 1) // tile) * ((w + tile - 1) // tile)
-    done = 0
+    done, p = 0, ensure(progress)
     with tempfile.TemporaryDirectory(prefix=".registered-", dir=out_path.parent) as tmp:
         raw = Path(tmp) / "level0.raw"
         with open(raw, "wb") as fh:
@@ -64,14 +65,12 @@ def write_registered(her2_slide, transform: Transform, out_path: str | Path, *, 
             r1 = min(r0 + tile, h)
             band = np.memmap(raw, dtype=np.uint8, mode="r+", offset=r0 * w * 3, shape=(r1 - r0, w, 3))
             for c0 in range(0, w, tile):
-                if cancel is not None and cancel():
-                    raise KeyboardInterrupt
+                p.check("resample")
                 c1 = min(c0 + tile, w)
                 band[:, c0:c1] = warp_region(her2_slide, transform, (c0, r0), (c1 - c0, r1 - r0),
                                              transform.he_mpp)
                 done += 1
-                if progress is not None:
-                    progress(done, n_tiles)
+                p.update("resample", done, n_tiles)
             band.flush()
             del band
         write_pyramid(out_path, RawRGB(raw, h, w), mpp=transform.he_mpp,

@@ -14,7 +14,6 @@ flagged as misregistered and never part of the statistics. Thresholds are in mic
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from her2core.registration.match import patch_shift
 from her2core.registration.warp import read_he_patch
 from her2core.stain import hematoxylin_od
 from her2core.util.atomic import write_json, write_png
+from her2core.util.progress import Progress, ensure
 
 
 def _regions(w: int, h: int, region: int):
@@ -67,15 +67,15 @@ def review(he_path, registered_path, out_dir, *, region: int = 1024, threshold_u
            review_mpp: float | None = None,
            coarse_mpp: float = 2.0, transform=None, he_mpp: float | None = None,
            registered_mpp: float | None = None, preview_size: int = 1024,
-           progress: Callable[[int, int], None] | None = None,
-           cancel: Callable[[], bool] | None = None) -> dict:
+           progress: Progress | None = None) -> dict:
     """Score `registered_path` against `he_path`; writes review.json, review.html and preview PNGs.
 
     Patches of `patch_um` (at most `patches_per_side`² per region, spread evenly) count when
     their correlation after the shift reaches `min_correlation`; a region needs `min_patches`
     and `min_patch_share` of its patches with signal to be measured. `transform`: a Transform
     or a transform.json path (default: transform.json beside the registered slide, if any)
-    whose plausibility is checked. Returns the review dict.
+    whose plausibility is checked. `progress` hears `("review", regions done, regions)`.
+    Returns the review dict.
     """
     from her2core.registration.transform import Transform, load_transform
     from her2core.slide import open_slide
@@ -103,9 +103,9 @@ def review(he_path, registered_path, out_dir, *, region: int = 1024, threshold_u
         boxes = [b for b in _regions(W, H, region) if tissue.coverage(*b) >= min_tissue]
         rows, unmatched, all_counted = [], [], []
         pitch = patch_um / mpp                                 # patch centres, level-0 px apart
+        p = ensure(progress)
         for i, (x, y, w, h) in enumerate(boxes):
-            if cancel is not None and cancel():
-                raise KeyboardInterrupt
+            p.check("review")
             nx = min(patches_per_side, max(1, int(w // pitch)))
             ny = min(patches_per_side, max(1, int(h // pitch)))
             cx = x + (np.arange(nx) + 0.5) * (w / nx)
@@ -141,8 +141,7 @@ def review(he_path, registered_path, out_dir, *, region: int = 1024, threshold_u
                            dy_um=round(dy, 3), correlation=round(float(np.median(corrs)), 4),
                            flagged=bool(reasons), reasons=reasons)
                 rows.append(row)
-            if progress is not None:
-                progress(i + 1, len(boxes))
+            p.update("review", i + 1, len(boxes))
         shifts = np.array([r["shift_um"] for r in rows]) if rows else np.zeros(0)
         summary = {
             "regions": len(rows),

@@ -11,7 +11,6 @@ Deterministic: same arguments -> byte-identical files.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from her2core.sample.tissue import TissueModel
 from her2core.sample.truth import SCHEMA
 from her2core.sample.warp import random_affine, random_grid, resample
 from her2core.util.atomic import write_json, write_png
+from her2core.util.progress import Progress, ensure
 
 GENERATOR = "her2core.sample/1"
 SECTION_MODES = ("same", "consecutive")
@@ -234,27 +234,26 @@ def check_options(*, cases: int, mode: str, size: int, mpp: float) -> None:
 
 def write_cases(out_dir, *, cases: int = 4, seed: int = 0, mode: str = "same", size: int = 3072,
                 mpp: float = 0.25, artefacts: bool = False, real: bool = False,
-                scores=(0, 1, 2, 3), progress: Callable[[str], None] | None = None) -> list[Path]:
+                scores=(0, 1, 2, 3), progress: Progress | None = None) -> list[Path]:
     """Write `cases` synthetic cases (mode 'same', 'consecutive' or 'both') and optionally the real case.
 
     Case i has HER2 score scores[i % len(scores)]; with mode 'both' each case is written
     twice, as `caseNN_same` and `caseNN_consecutive` (same tissue and same H&E).
-    Returns the case folders. `progress(case_folder_name)` is called after each case.
+    Returns the case folders. `progress` hears `("sample", cases written, cases)` after each case.
     """
     check_options(cases=cases, mode=mode, size=size, mpp=mpp)
     out = Path(out_dir)
     written = []
     modes = SECTION_MODES if mode == "both" else (mode,)
+    p, total = ensure(progress), cases * len(modes) + int(bool(real))
     for i in range(cases):
         score = int(scores[i % len(scores)])
         for m in modes:
             case_id = f"case{i:02d}" if mode != "both" else f"case{i:02d}_{m}"
             written.append(synthetic_case(out / case_id, case_id, her2_score=score, section=m, seed=seed,
                                           size=size, mpp=mpp, artefacts=artefacts))
-            if progress:
-                progress(case_id)
+            p.update("sample", len(written), total)
     if real:
         written.append(real_case(out / "cmu1_real", seed=seed, artefacts=artefacts))
-        if progress:
-            progress("cmu1_real")
+        p.update("sample", len(written), total)
     return written

@@ -26,6 +26,7 @@ from her2core.sample.tissue import TissueModel
 from her2core.sample.warp import DisplacementGrid, random_grid, resample
 from her2core.util.atomic import write_png, write_text
 from her2core.util.dataset_meta import write_dataset_meta
+from her2core.util.progress import Progress, ensure
 
 MANIFEST_COLUMNS = ("name", "case", "her2_score", "split", "mpp", "tile", "mode",
                     "x_um", "y_um", "he_path", "ihc_path")
@@ -81,11 +82,11 @@ def render_case_tiles(case_seed: int, her2_score: int, *, n_tiles: int, tile: in
 
 def write_tile_dataset(out_dir, *, cases: int = 4, tile: int = 128, mpp: float = 0.5,
                        tiles_per_case: int = 10, seed: int = 0, mode: str = "same",
-                       scores=(0, 1, 2, 3), progress=None) -> Path:
+                       scores=(0, 1, 2, 3), progress: Progress | None = None) -> Path:
     """Write a paired tile dataset (HER2match layout + manifest.csv) to `out_dir`; returns it.
 
     Case i gets HER2 score scores[i % len(scores)]. Deterministic by `seed`.
-    `progress(done, total)` is called per case.
+    `progress` hears `("sample tiles", cases done, cases)` per case.
     """
     if mode not in ("same", "consecutive"):
         raise UserError(f"mode={mode!r}: use 'same' or 'consecutive'")
@@ -98,7 +99,7 @@ def write_tile_dataset(out_dir, *, cases: int = 4, tile: int = 128, mpp: float =
     out = Path(out_dir)
     case_ids = [f"case{i:02d}" for i in range(cases)]
     splits = case_splits(case_ids, seed)
-    rows = []
+    rows, p = [], ensure(progress)
     for i, case in enumerate(case_ids):
         score = scores[i % len(scores)]
         case_seed = int(np.random.default_rng([int(seed), 2024, i]).integers(2**31))
@@ -113,8 +114,7 @@ def write_tile_dataset(out_dir, *, cases: int = 4, tile: int = 128, mpp: float =
             rows.append({"name": name, "case": case, "her2_score": score, "split": split, "mpp": mpp,
                          "tile": tile, "mode": mode, "x_um": round(x_um, 4), "y_um": round(y_um, 4),
                          "he_path": he_rel, "ihc_path": ihc_rel})
-        if progress is not None:
-            progress(i + 1, cases)
+        p.update("sample tiles", i + 1, cases)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
     writer.writeheader()

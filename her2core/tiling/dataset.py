@@ -18,7 +18,6 @@ import csv
 import io
 import math
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from her2core.tiling.qc import QCConfig, tile_qc
 from her2core.tiling.splits import SPLITS, assign_splits, load_splits, save_splits
 from her2core.util.atomic import write_png, write_text
 from her2core.util.dataset_meta import write_dataset_meta
+from her2core.util.progress import Progress, ensure
 
 COLUMNS = ("name", "case", "her2_score", "mode", "split", "x", "y", "size_px", "source_mpp", "mpp", "tile",
            "x_um", "y_um", "coverage", "background_frac", "blur_frac", "sharpness", "dark_frac", "ink_frac",
@@ -233,12 +233,15 @@ def require_reviewed(case: Case) -> None:
 
 
 def tile_case(case: Case, split: str, out_dir: Path, cfg: TileConfig, *, mpp: float | None = None,
-              workers: int = 1, progress: Callable[[int, int], None] | None = None,
-              cancel: Callable[[], bool] | None = None) -> list[dict]:
-    """Tile one case into `out_dir` (resumable); returns its manifest rows."""
+              workers: int = 1, progress: Progress | None = None) -> list[dict]:
+    """Tile one case into `out_dir` (resumable); returns its manifest rows.
+
+    `progress` hears `("tile", tiles judged, candidate tiles)`; a stop raises `Cancelled` and the
+    rows written so far stay in `.progress/` for the next run to resume from."""
     from concurrent.futures import ThreadPoolExecutor
 
     he_dir, ihc_dir = cfg.layout_names
+    p = ensure(progress)
     prog_dir = out_dir / ".progress"
     prog_dir.mkdir(parents=True, exist_ok=True)
     done_marker = prog_dir / f"{case.case}.done"
@@ -269,8 +272,7 @@ def tile_case(case: Case, split: str, out_dir: Path, cfg: TileConfig, *, mpp: fl
         return local.r
 
     def work(item):
-        if cancel is not None and cancel():
-            raise KeyboardInterrupt
+        p.check("tile")
         x, y, cov = item
         r = reader()
         he, ihc = r.read(x, y)
@@ -296,15 +298,13 @@ def tile_case(case: Case, split: str, out_dir: Path, cfg: TileConfig, *, mpp: fl
         with open(prog, "a", newline="") as fh:
             if fh.tell() == 0:
                 fh.write(",".join(COLUMNS) + "\n")
-            if progress is not None:
-                progress(len(done), total)
+            p.update("tile", len(done), total)
             with ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as ex:
                 for row in (ex.map(work, todo) if ex is not None else map(work, todo)):
                     fh.write(_row_csv(row))
                     fh.flush()
                     rows.append(row)
-                    if progress is not None:
-                        progress(len(rows), total)
+                    p.update("tile", len(rows), total)
     finally:
         for r in readers:
             r.close()
@@ -317,12 +317,11 @@ def tile_case(case: Case, split: str, out_dir: Path, cfg: TileConfig, *, mpp: fl
 
 def build_dataset(cases: list[Case], out_dir: str | Path, config: TileConfig | None = None, *,
                   splits: dict[str, str] | str | Path | None = None, mpp: float | None = None,
-                  workers: int = 1, progress: Callable[[str, int, int], None] | None = None,
-                  cancel: Callable[[], bool] | None = None, require_review: bool = False) -> dict:
+                  workers: int = 1, progress: Progress | None = None, require_review: bool = False) -> dict:
     """Tile every case into one dataset; returns a summary (counts per split and per reason).
 
     `require_review`: refuse, before writing anything, any case whose registration no person
-    accepted (`her2core.registration.decision`)."""
+    accepted (`her2core.registration.decision`). `progress` hears `("<case>: tile", done, total)`."""
     from her2core.util.atomic import write_json
     from her2core.util.configs import to_dict
 
@@ -372,10 +371,10 @@ def build_dataset(cases: list[Case], out_dir: str | Path, config: TileConfig | N
     save_splits(sp_path, splits)
 
     all_rows: list[dict] = []
-    for k, case in enumerate(cases):
-        cb = (lambda i, n, c=case.case: progress(c, i, n)) if progress is not None else None
+    p = ensure(progress)
+    for case in cases:
         all_rows.extend(tile_case(case, splits[case.case], out_dir, cfg, mpp=mpp, workers=workers,
-                                  progress=cb, cancel=cancel))
+                                  progress=p.within(case.case)))
     all_rows.sort(key=lambda r: (r["case"], int(r["y"]), int(r["x"])))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")

@@ -10,7 +10,8 @@ data order and augmentation: her2core.training.data; multi-GPU: her2core.trainin
 """
 
 from her2core.training.config import TrainConfig
-from her2core.training.engine import Cancelled, TrainingStopped, train
+from her2core.training.engine import TrainingStopped, train
 from her2core.training.runs import load_run, read_run
+from her2core.util.progress import Cancelled  # what a stopped `train(progress=...)` raises
 
 __all__ = ["Cancelled", "TrainConfig", "TrainingStopped", "load_run", "read_run", "train"]

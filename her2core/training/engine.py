@@ -13,9 +13,10 @@ import contextlib
 import dataclasses
 import math
 import os
+import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from her2core.training.data import AugmentedPairs, check_sizes, make_loader, par
 from her2core.training.metrics_log import MetricsLog
 from her2core.training.runs import RUN_FORMAT, build_framework, read_run
 from her2core.util.device import resolve_device, resolve_precision
+from her2core.util.progress import Progress, ensure
 
 # TrainConfig fields a resumed run may change without leaving its trajectory's definition.
 RESUME_MUTABLE = {"max_steps", "device", "num_workers", "checkpoint_every", "keep_checkpoints", "log_every",
@@ -36,10 +38,6 @@ RESUME_MUTABLE = {"max_steps", "device", "num_workers", "checkpoint_every", "kee
 
 class TrainingStopped(UserError):
     """Training gave up (non-finite gradients); the message says where and what to try."""
-
-
-class Cancelled(KeyboardInterrupt):
-    """The cancel callback asked to stop; the last checkpoint stays valid for --resume."""
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -151,14 +149,14 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 
 
 def train(model_name: str, data_root, out_dir, *, preset: str = "tiny", train_config: TrainConfig | None = None,
-          overrides: dict | None = None, resume: bool = False, progress: bool = True,
-          cancel: Callable[[int], bool] | None = None) -> Path:
+          overrides: dict | None = None, resume: bool = False, progress: Progress | None = None) -> Path:
     """Train `model_name` on the paired tiles under `data_root`; write/continue the run in `out_dir`.
 
     overrides: framework-config fields to change from the preset (e.g. {"ngf": 32}).
     resume: continue the run in `out_dir` from its latest checkpoint (same trajectory); a run
     killed before its first checkpoint starts again from step 0 (same initial weights).
-    cancel(step) -> True stops after that step (raises Cancelled); checkpoints stay valid.
+    progress: told `("train <framework>", step, total)` after each optimiser step (rank 0); a stop
+    asked there raises `her2core.util.progress.Cancelled` after that step, checkpoints stay valid.
     Returns `out_dir`.
     """
     from her2core.models import registry
@@ -168,10 +166,10 @@ def train(model_name: str, data_root, out_dir, *, preset: str = "tiny", train_co
     cls = registry.get(model_name)
     # one writer per run folder: a second `train` into it gets one line (rank 0 holds the lock)
     with locked(out, "her2 train") if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext():
-        return _train_locked(cls, data_root, out, preset, train_config, overrides, resume, progress, cancel)
+        return _train_locked(cls, data_root, out, preset, train_config, overrides, resume, ensure(progress))
 
 
-def _train_locked(cls, data_root, out: Path, preset, train_config, overrides, resume, progress, cancel):
+def _train_locked(cls, data_root, out: Path, preset, train_config, overrides, resume, progress: Progress):
     from her2core.util.configs import from_dict
 
     _prepare_out(out, resume)
@@ -198,170 +196,260 @@ def _train_locked(cls, data_root, out: Path, preset, train_config, overrides, re
     want_cuda = tc.device.startswith("cuda") or (tc.device == "auto" and torch.cuda.is_available())
     env = distributed.setup("cuda" if want_cuda else "cpu")
     try:
-        return _run(framework, cls, preset, tc, Path(data_root), out, env, resume, progress, cancel)
+        return Trainer(framework, preset, tc, Path(data_root), out, env, resume, progress).run()
     finally:
         distributed.teardown(env)
 
 
-def _run(framework, cls, preset, tc, data_root, out, env, resume, progress, cancel) -> Path:
-    from her2core.util.atomic import write_json, write_png
-    from her2core.util.configs import to_dict
+@dataclasses.dataclass
+class Trainer:
+    """One run of the training loop: the run's state, and one short method per phase.
 
-    device = resolve_device(tc.device, local_rank=env.local_rank)
-    precision = resolve_precision(tc.precision, device)
-    if tc.nonfinite not in ("skip", "stop"):
-        raise UserError(f"nonfinite={tc.nonfinite!r}: use 'skip' or 'stop'")
-    res = _resolve(tc, framework)
-    gb = int(res["batch_size"])
-    if gb % env.world_size:
-        raise UserError(f"batch size {gb} does not split over {env.world_size} processes; use a multiple")
-    ops = parse_augment(res["augment"])
-    train_ds = _open_split(data_root, tc.train_split, tc.include, tc.scores)
-    scored = _check_scores(framework, train_ds, data_root)
-    tile_wh = check_sizes(train_ds, res["crop"], str(data_root), res["resize"])
-    val_ds = _val_dataset(data_root, tc, train_ds)
-    accumulate = res["accumulate"]
-    steps_per_epoch = max(1, len(train_ds) // gb)
-    total = int(tc.max_steps) if tc.max_steps else math.ceil(res["epochs"] * steps_per_epoch)
+    `run()` = setup -> resume (or write run.json) -> step per loader item (a micro-batch) ->
+    after each optimiser step: report (may raise Cancelled), log, sample, validate, checkpoint ->
+    finish. A cancel stops after a step, before that step's log row and checkpoint, so the last
+    checkpoint stays the one `--resume` continues from.
+    """
 
-    framework.to(device)
-    teacher = getattr(framework.config, "distill_from", None)  # distillation: a trained run
-    if teacher:
-        from her2core.training.runs import load_run
+    framework: Any
+    preset: str
+    tc: TrainConfig
+    data_root: Path
+    out: Path
+    env: Any
+    resume: bool
+    progress: Progress
+    # set by setup() / resume_from_checkpoint()
+    device: torch.device | None = None
+    precision: str = "fp32"
+    res: dict = dataclasses.field(default_factory=dict)
+    ops: tuple = ()
+    train_ds: Any = None
+    val_ds: Any = None
+    scored: int = 0
+    tile_wh: tuple = ()
+    total: int = 0
+    steps_per_epoch: int = 1
+    optimizers: dict = dataclasses.field(default_factory=dict)
+    ctx: EngineContext | None = None
+    log: MetricsLog | None = None
+    selector: _BestSelector | None = None
+    start: int = 0
+    # the loop's position and the running sums of the current log row
+    step: int = 0
+    micro: int = 0
+    last_saved: int = -1
+    skipped_run: int = 0
+    sums: dict = dataclasses.field(default_factory=dict)
+    count: int = 0
+    imgs: int = 0
+    t0: float = 0.0
 
-        framework.attach_teacher(load_run(teacher, device=device))
-    if env.active and device.type == "cuda" and tc.sync_batchnorm:
-        for name in list(framework.networks()):
-            setattr(framework, name, torch.nn.SyncBatchNorm.convert_sync_batchnorm(getattr(framework, name)))
-    distributed.broadcast_module(framework, env)
-    framework.train()
-    optimizers = framework.make_optimizers(total, steps_per_epoch)
-    ctx = EngineContext(device, precision, env, {k: v[0] for k, v in optimizers.items()}, tc.grad_clip,
-                        total, steps_per_epoch, accumulate, res["accumulate_reduction"])
-    ckpt_dir = out / "checkpoints"
-    log = MetricsLog(out, env.is_main)
+    @property
+    def batch_size(self) -> int:
+        return int(self.res["batch_size"])
 
-    start = 0
-    if resume:
-        weights, record = checkpoint.find(ckpt_dir)
-        if record.get("framework") != framework.name:
-            raise UserError(f"{weights}: checkpoint of {record.get('framework')!r}, not {framework.name}")
-        checkpoint.load_weights(framework, weights, device)
-        checkpoint.load_training_state(weights, record, optimizers, ctx.scaler, device)
-        start = int(record["step"])
-        log.truncate(start)
-    elif env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        log.truncate(0)  # a run restarted after a kill before its first checkpoint logs afresh
-        data_mpp, data_mpp_source = _dataset_mpp(Path(data_root))
-        write_json(out / "run.json", {
-            "format": RUN_FORMAT, "framework": framework.name, "family": framework.family, "preset": preset,
+    @property
+    def accumulate(self) -> int:
+        return int(self.res["accumulate"])
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out / "checkpoints"
+
+    def run(self) -> Path:
+        self.setup()
+        if self.resume:
+            self.resume_from_checkpoint()
+        else:
+            self.write_run_json()
+        distributed.barrier(self.env)
+        self.last_saved = self.start if self.resume else -1
+        self.step, self.t0 = self.start, time.perf_counter()
+        for batch in self.loader():
+            if self.train_step(batch):
+                self.after_step()
+        self.finish()
+        distributed.barrier(self.env)
+        return self.out
+
+    def setup(self) -> None:
+        """Device, data and resolved recipe; then networks, optimisers, context, log."""
+        self.setup_data()
+        self.setup_networks()
+
+    def setup_data(self) -> None:
+        tc, env, framework = self.tc, self.env, self.framework
+        self.device = resolve_device(tc.device, local_rank=env.local_rank)
+        self.precision = resolve_precision(tc.precision, self.device)
+        if tc.nonfinite not in ("skip", "stop"):
+            raise UserError(f"nonfinite={tc.nonfinite!r}: use 'skip' or 'stop'")
+        self.res = _resolve(tc, framework)
+        if self.batch_size % env.world_size:
+            raise UserError(f"batch size {self.batch_size} does not split over {env.world_size} processes; "
+                            "use a multiple")
+        self.ops = parse_augment(self.res["augment"])
+        self.train_ds = _open_split(self.data_root, tc.train_split, tc.include, tc.scores)
+        self.scored = _check_scores(framework, self.train_ds, self.data_root)
+        self.tile_wh = check_sizes(self.train_ds, self.res["crop"], str(self.data_root), self.res["resize"])
+        self.val_ds = _val_dataset(self.data_root, tc, self.train_ds)
+        self.steps_per_epoch = max(1, len(self.train_ds) // self.batch_size)
+        self.total = (int(tc.max_steps) if tc.max_steps
+                      else math.ceil(self.res["epochs"] * self.steps_per_epoch))
+
+    def setup_networks(self) -> None:
+        tc, env, framework = self.tc, self.env, self.framework
+        framework.to(self.device)
+        teacher = getattr(framework.config, "distill_from", None)  # distillation: a trained run
+        if teacher:
+            from her2core.training.runs import load_run
+
+            framework.attach_teacher(load_run(teacher, device=self.device))
+        if env.active and self.device.type == "cuda" and tc.sync_batchnorm:
+            for name in list(framework.networks()):
+                setattr(framework, name, torch.nn.SyncBatchNorm.convert_sync_batchnorm(getattr(framework, name)))
+        distributed.broadcast_module(framework, env)
+        framework.train()
+        self.optimizers = framework.make_optimizers(self.total, self.steps_per_epoch)
+        self.ctx = EngineContext(self.device, self.precision, env, {k: v[0] for k, v in self.optimizers.items()},
+                                 tc.grad_clip, self.total, self.steps_per_epoch, self.accumulate,
+                                 self.res["accumulate_reduction"])
+        self.log = MetricsLog(self.out, env.is_main)
+        self.selector = _BestSelector(self.ckpt_dir, self.res, self.steps_per_epoch, env) if self.res["select"] else None
+
+    def resume_from_checkpoint(self) -> None:
+        """Weights, optimisers, schedulers, scaler and step of the latest checkpoint; the log cut there."""
+        weights, record = checkpoint.find(self.ckpt_dir)
+        if record.get("framework") != self.framework.name:
+            raise UserError(f"{weights}: checkpoint of {record.get('framework')!r}, not {self.framework.name}")
+        checkpoint.load_weights(self.framework, weights, self.device)
+        checkpoint.load_training_state(weights, record, self.optimizers, self.ctx.scaler, self.device)
+        self.start = int(record["step"])
+        self.log.truncate(self.start)
+
+    def write_run_json(self) -> None:
+        """run.json of a new run (rank 0): what was trained, on what, resolved how."""
+        if not self.env.is_main:
+            return
+        from her2core.util.atomic import write_json
+        from her2core.util.configs import to_dict
+
+        framework, res, tc, env = self.framework, self.res, self.tc, self.env
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.log.truncate(0)  # a run restarted after a kill before its first checkpoint logs afresh
+        data_mpp, data_mpp_source = _dataset_mpp(Path(self.data_root))
+        write_json(self.out / "run.json", {
+            "format": RUN_FORMAT, "framework": framework.name, "family": framework.family, "preset": self.preset,
             "model_config": to_dict(framework.config), "train_config": to_dict(tc),
-            "resolved": {"batch_size": gb, "crop": res["crop"], "resize": res["resize"],
-                         "augment": "+".join(ops) or "none", "accumulate": accumulate,
+            "resolved": {"batch_size": self.batch_size, "crop": res["crop"], "resize": res["resize"],
+                         "augment": "+".join(self.ops) or "none", "accumulate": self.accumulate,
                          "accumulate_reduction": res["accumulate_reduction"],
-                         "effective_batch_size": gb * accumulate, "select": res["select"],
-                         "epochs": res["epochs"], "total_steps": total, "steps_per_epoch": steps_per_epoch,
-                         "world_size": env.world_size, "precision": precision, "device": str(device),
-                         "tile_wh": list(tile_wh)},
+                         "effective_batch_size": self.batch_size * self.accumulate, "select": res["select"],
+                         "epochs": res["epochs"], "total_steps": self.total,
+                         "steps_per_epoch": self.steps_per_epoch,
+                         "world_size": env.world_size, "precision": self.precision, "device": str(self.device),
+                         "tile_wh": list(self.tile_wh)},
             # the scale the network learnt: inference translates at this µm/px by default
-            "working": {"mpp": data_mpp, "mpp_source": data_mpp_source, "tile_wh": list(tile_wh)},
+            "working": {"mpp": data_mpp, "mpp_source": data_mpp_source, "tile_wh": list(self.tile_wh)},
             "recipe": framework.resolved_recipe(),
-            "data": {"root": str(Path(data_root).resolve()), "train_split": tc.train_split,
+            "data": {"root": str(Path(self.data_root).resolve()), "train_split": tc.train_split,
                      "mpp": data_mpp,
-                     "train_pairs": len(train_ds), "scored_pairs": scored, "include": tc.include,
+                     "train_pairs": len(self.train_ds), "scored_pairs": self.scored, "include": tc.include,
                      "scores": tc.scores},
             "parameter_counts": framework.parameter_counts(),
             "rng": "torch reseeded before every step from (seed, step, rank); data order and augmentation "
                    "from (seed, run position)",
         })
-    distributed.barrier(env)
 
-    dataset = AugmentedPairs(train_ds, tc.seed, ops, res["crop"], res["resize"])
-    # one loader item per micro-batch: micro-step m of the run reads positions m*gb ... (m+1)*gb - 1
-    loader = make_loader(dataset, start * accumulate, total * accumulate, gb, env.rank, env.world_size,
-                         tc.num_workers, pin=device.type == "cuda")
-    selector = _BestSelector(ckpt_dir, res, steps_per_epoch, env) if res["select"] else None
-    bar = None
-    if progress and env.is_main:
-        from tqdm.auto import tqdm
+    def loader(self):
+        """One item per micro-batch: micro-step m of the run reads positions m*gb ... (m+1)*gb - 1."""
+        dataset = AugmentedPairs(self.train_ds, self.tc.seed, self.ops, self.res["crop"], self.res["resize"])
+        return make_loader(dataset, self.start * self.accumulate, self.total * self.accumulate, self.batch_size,
+                           self.env.rank, self.env.world_size, self.tc.num_workers,
+                           pin=self.device.type == "cuda")
 
-        bar = tqdm(total=total, initial=start, desc=f"train {framework.name}", unit="step", dynamic_ncols=True)
+    def train_step(self, batch: dict) -> bool:
+        """One micro-batch; True when it completed an optimiser step (then `step` has advanced)."""
+        tc, ctx = self.tc, self.ctx
+        torch.manual_seed(step_seed(tc.seed, self.step * self.accumulate + self.micro, self.env.rank))
+        batch = _to_device(batch, self.device)
+        ctx.begin(self.step, self.micro)
+        logs = self.framework.training_step(batch, ctx)
+        ctx.end()
+        for k, v in logs.items():
+            self.sums[k] = (self.sums.get(k, 0.0)
+                            + torch.as_tensor(v, dtype=torch.float64).detach().cpu() / self.accumulate)
+        self.imgs += self.batch_size
+        if not ctx.stepping:
+            self.micro += 1
+            return False
+        self.micro = 0
+        if ctx.nonfinite:
+            self.skipped_run += 1
+            msg = (f"{self.out}: non-finite gradient at step {self.step} in {', '.join(ctx.nonfinite)} "
+                   f"(losses: {', '.join(f'{k}={float(v):.4g}' for k, v in logs.items())})")
+            if tc.nonfinite == "stop" or self.skipped_run >= tc.max_nonfinite:
+                raise TrainingStopped(msg + "; training stopped. Lower the learning rate, set --precision fp32 "
+                                      "or a grad clip, then --resume from the last checkpoint")
+            if self.env.is_main:
+                print(msg + "; step skipped", file=sys.stderr)
+        else:
+            self.skipped_run = 0
+        for _opt, sched in self.optimizers.values():
+            if sched is not None:
+                sched.step()
+        for k, v in ctx.grad_norms.items():
+            self.sums[f"grad_norm/{k}"] = self.sums.get(f"grad_norm/{k}", 0.0) + torch.tensor(v, dtype=torch.float64)
+        self.count += 1
+        self.step += 1
+        return True
 
-    sums: dict[str, torch.Tensor] = {}
-    count, skipped_run, t0, imgs = 0, 0, time.perf_counter(), 0
-    last_saved = start if resume else -1
-    step = start
-    micro = 0
-    try:
-        for batch in loader:
-            torch.manual_seed(step_seed(tc.seed, step * accumulate + micro, env.rank))
-            batch = _to_device(batch, device)
-            ctx.begin(step, micro)
-            logs = framework.training_step(batch, ctx)
-            ctx.end()
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + torch.as_tensor(v, dtype=torch.float64).detach().cpu() / accumulate
-            imgs += gb
-            if not ctx.stepping:
-                micro += 1
-                continue
-            micro = 0
-            if ctx.nonfinite:
-                skipped_run += 1
-                msg = (f"{out}: non-finite gradient at step {step} in {', '.join(ctx.nonfinite)} "
-                       f"(losses: {', '.join(f'{k}={float(v):.4g}' for k, v in logs.items())})")
-                if tc.nonfinite == "stop" or skipped_run >= tc.max_nonfinite:
-                    raise TrainingStopped(msg + "; training stopped. Lower the learning rate, set --precision fp32 "
-                                          "or a grad clip, then --resume from the last checkpoint")
-                if bar is not None:
-                    bar.write(msg + "; step skipped")
-            else:
-                skipped_run = 0
-            for opt_sched in optimizers.values():
-                if opt_sched[1] is not None:
-                    opt_sched[1].step()
-            for k, v in ctx.grad_norms.items():
-                sums[f"grad_norm/{k}"] = sums.get(f"grad_norm/{k}", 0.0) + torch.tensor(v, dtype=torch.float64)
-            count += 1
-            step += 1
-            if cancel is not None and cancel(step):
-                raise Cancelled(f"cancelled after step {step}")
-            if step % tc.log_every == 0 or step == total:
-                row = _log_row(sums, count, env, step, steps_per_epoch, optimizers, imgs, t0)
-                log.write(row)
-                if bar is not None:
-                    bar.set_postfix({k: f"{row[k]:.3g}" for k in list(logs)[:4] if k in row})
-                sums, count, imgs, t0 = {}, 0, 0, time.perf_counter()
-            if tc.sample_every and step % tc.sample_every == 0 and step != total:
-                _sample(framework, val_ds, tc, out, step, log, env, device, write_png)
-            if selector is not None and selector.due(step, total):
-                psnr = selector.validate(framework, val_ds, device, tc.seed)
-                log.write({"step": step, "val/PSNR": psnr})
-                if selector.improves(psnr):
-                    if step != last_saved:
-                        _save(framework, optimizers, ctx, ckpt_dir, step, tc, res, env, log, preset,
-                              selector.protected())
-                        last_saved = step
-                    selector.mark(step, psnr)
-            if step % tc.checkpoint_every == 0 or step == total:
-                _save(framework, optimizers, ctx, ckpt_dir, step, tc, res, env, log, preset,
-                      selector.protected() if selector else set())
-                last_saved = step
-            if bar is not None:
-                bar.update(1)
-        if step != last_saved and step > start:
-            _save(framework, optimizers, ctx, ckpt_dir, step, tc, res, env, log, preset,
-                  selector.protected() if selector else set())
-        if step == start:  # resumed after the last checkpoint: its final validation is redone
-            log.forget(step, "val/L1")
-        _sample(framework, val_ds, tc, out, step, log, env, device, write_png)
-        log.write_csv()
-    finally:
-        if bar is not None:
-            bar.close()
-    distributed.barrier(env)
-    return out
+    def after_step(self) -> None:
+        """Report the step (a cancel raises here), then log, sample, validate and checkpoint as due."""
+        step, tc, total = self.step, self.tc, self.total
+        if self.env.is_main:
+            self.progress.update(f"train {self.framework.name}", step, total)
+        else:
+            self.progress.check()
+        if step % tc.log_every == 0 or step == total:
+            self.log.write(_log_row(self.sums, self.count, self.env, step, self.steps_per_epoch,
+                                    self.optimizers, self.imgs, self.t0))
+            self.sums, self.count, self.imgs, self.t0 = {}, 0, 0, time.perf_counter()
+        if tc.sample_every and step % tc.sample_every == 0 and step != total:
+            self.sample()
+        if self.selector is not None and self.selector.due(step, total):
+            self.validate()
+        if step % tc.checkpoint_every == 0 or step == total:
+            self.checkpoint()
+
+    def validate(self) -> None:
+        """Validation PSNR of the inference weights; a better one is checkpointed and marked best."""
+        psnr = self.selector.validate(self.framework, self.val_ds, self.device, self.tc.seed)
+        self.log.write({"step": self.step, "val/PSNR": psnr})
+        if self.selector.improves(psnr):
+            if self.step != self.last_saved:
+                self.checkpoint()
+            self.selector.mark(self.step, psnr)
+
+    def checkpoint(self) -> None:
+        _save(self.framework, self.optimizers, self.ctx, self.ckpt_dir, self.step, self.tc, self.res, self.env,
+              self.log, self.preset, self.selector.protected() if self.selector else set())
+        self.last_saved = self.step
+
+    def sample(self) -> None:
+        from her2core.util.atomic import write_png
+
+        _sample(self.framework, self.val_ds, self.tc, self.out, self.step, self.log, self.env, self.device,
+                write_png)
+
+    def finish(self) -> None:
+        """The last step checkpointed, a final preview, log.csv."""
+        if self.step != self.last_saved and self.step > self.start:
+            self.checkpoint()
+        if self.step == self.start:  # resumed after the last checkpoint: its final validation is redone
+            self.log.forget(self.step, "val/L1")
+        self.sample()
+        self.log.write_csv()
 
 
 def _log_row(sums, count, env, step, steps_per_epoch, optimizers, imgs, t0) -> dict:
