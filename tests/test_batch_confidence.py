@@ -37,7 +37,7 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("batch_conf_run")
     data = write_tile_dataset(root / "ds", cases=3, tile=64, mpp=0.5, tiles_per_case=4, seed=0,
                               mode="same")
-    return train("pyramid_pix2pix", data, root / "run", preset="tiny", progress=False,
+    return train("pyramid_pix2pix", data, root / "run", preset="tiny",
                  train_config=TrainConfig(max_steps=2, seed=0, checkpoint_every=10**9,
                                           sample_count=1))
 

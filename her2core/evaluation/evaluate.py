@@ -239,13 +239,10 @@ def _clear_evaluation(out_dir: Path) -> None:
 
 def _evaluate_run(run_dir, data_root, split, out_dir: Path, settings, *, progress, log, steps,
                   overwrite) -> dict:
-    import contextlib
-
     from her2core.datasets import open_paired  # lazy: only this path needs datasets/inference
     from her2core.inference.options import InferenceOptions
     from her2core.inference.tiles import translate_tile_folder
     from her2core.util.outputs import claim
-    from her2core.util.progress import tqdm_bars
 
     s = settings or EvalSettings()
     ds = open_paired(data_root, split)
@@ -275,10 +272,9 @@ def _evaluate_run(run_dir, data_root, split, out_dir: Path, settings, *, progres
             labels[Path(he).stem] = int(score)
     virtual = out_dir / "virtual"
     # scored in fp32 as the reference evaluations are; the device is the metrics' device
-    with tqdm_bars("tile") if progress else contextlib.nullcontext() as bars:
-        translate_tile_folder(run_dir, he_dir, virtual,
-                              InferenceOptions(steps=steps, device=s.device, precision="fp32"),
-                              progress=bars, command="her2 evaluate --run")
+    translate_tile_folder(run_dir, he_dir, virtual,
+                          InferenceOptions(steps=steps, device=s.device, precision="fp32"),
+                          progress=progress, command="her2 evaluate --run")
     if s.inference_mode is None:
         from her2core.inference.tiles import inference_mode_of
 
