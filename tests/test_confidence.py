@@ -1,14 +1,15 @@
 """Confidence maps on embedded data: where the virtual HER2 can be trusted.
 
 A tiny GAN (pyramid pix2pix, dihedral test-time augmentation) and a tiny diffusion model
-(consistency, K seeds) trained briefly on embedded same-section 64-px tiles at 0.5 µm/px;
-an embedded artefact slide (`her2 sample --artefacts`: blur, dark shade, fold, pen at known
-boxes, listed in truth.json) is cut into 64-px tiles: tiles inside an artefact box against
-clean tissue tiles, scored by mean uncertainty (AUROC). On the held-out test split the
-per-tile uncertainty is rank-correlated with the real error, and removing the most uncertain
-pixels lowers the error of the rest faster than removing pixels at random. The slide output
-(one-channel pyramid on the virtual slide's grid), the tile output, `her2 evaluate
---confidence` and the QuPath entry run through the CLI.
+(BBDM, K seeds) trained briefly on embedded same-section 64-px tiles at 0.5 µm/px; an
+embedded artefact slide (`her2 sample --artefacts`: blur, dark shade, fold, pen at known
+boxes, listed in truth.json) is cut into 64-px tiles: tiles where a planted artefact changed
+the tissue (against the same case rendered without artefacts) against clean tissue tiles,
+scored by mean uncertainty (AUROC). On the held-out test split the per-tile uncertainty is
+rank-correlated with the real error, and removing the most uncertain pixels lowers the error
+of the rest faster than removing pixels at random. The slide output (one-channel pyramid on
+the virtual slide's grid), the tile output, `her2 evaluate --confidence` and the QuPath entry
+run through the CLI.
 """
 
 import json
@@ -19,13 +20,18 @@ import pytest
 from her2core.cli import main
 from her2core.evaluation.calibration import auroc, calibrate, sparsification
 from her2core.inference import confidence as C
+from her2core.sample.artefacts import KINDS
 from her2core.training import TrainConfig, load_run, train
 
 pytestmark = pytest.mark.slow
 
 TILE = 64
-STEPS = {"pyramid_pix2pix": 300, "consistency": 150}
+STEPS = {"pyramid_pix2pix": 300, "bbdm": 150}
 N_CLEAN = 60  # clean tissue tiles scored against the artefact tiles (fixed-seed subset)
+#: a tile carries a planted artefact when this share of its pixels changed by more than
+#: CHANGED_LEVELS grey levels (any channel); the pen stroke, a thin snaking band, misses most of
+#: the tiles of its box, which show clean tissue and are left out of both classes
+CHANGED_SHARE, CHANGED_LEVELS = 0.1, 10
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +51,15 @@ def artefact_case(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def clean_case(tmp_path_factory):
+    """The artefact case rendered without its artefacts (same seed: the same tissue)."""
+    from her2core.sample.slides import synthetic_case
+
+    return synthetic_case(tmp_path_factory.mktemp("conf_clean") / "case00", "case00",
+                          her2_score=2, seed=1, size=2048, mpp=0.5, artefacts=False)
+
+
+@pytest.fixture(scope="module")
 def runs(data, tmp_path_factory):
     root = tmp_path_factory.mktemp("conf_runs")
     out = {}
@@ -55,32 +70,41 @@ def runs(data, tmp_path_factory):
     return out
 
 
-def artefact_tiles(case):
-    """64-px tiles fully inside a planted H&E artefact (label 1) or clear of all of them and
-    mostly tissue (label 0, a fixed subset of N_CLEAN)."""
+def artefact_tiles(case, clean_case):
+    """64-px tiles fully inside a planted H&E artefact box whose pixels the artefact changed
+    (label 1, see CHANGED_SHARE), or clear of all boxes and mostly tissue (label 0, a fixed
+    subset of N_CLEAN); returns (tiles, labels, kinds)."""
     from her2core.slide import open_slide
     from her2core.stain import optical_density
 
     truth = json.loads((case / "truth.json").read_text())
-    boxes = [a["box_xy"] for a in truth["artefacts"] if a["slide"] == "he"]
-    with open_slide(case / "he.ome.tif") as s:
-        he = s.read_level(0)
-    tiles, labels = [], []
+    arts = [a for a in truth["artefacts"] if a["slide"] == "he"]
+    with open_slide(case / "he.ome.tif") as s, open_slide(clean_case / "he.ome.tif") as s0:
+        he, he0 = s.read_level(0), s0.read_level(0)
+    outside = np.ones(he.shape[:2], bool)
+    for a in arts:
+        x0, y0, x1, y1 = a["box_xy"]
+        outside[y0:y1, x0:x1] = False
+    np.testing.assert_array_equal(he[outside], he0[outside])  # the same tissue but the boxes
+    tiles, labels, kinds = [], [], []
     for y in range(0, he.shape[0] - TILE + 1, TILE):
         for x in range(0, he.shape[1] - TILE + 1, TILE):
-            inside = any(x >= x0 and y >= y0 and x + TILE <= x1 and y + TILE <= y1
-                         for x0, y0, x1, y1 in boxes)
+            inside = [a["kind"] for a in arts if x >= a["box_xy"][0] and y >= a["box_xy"][1]
+                      and x + TILE <= a["box_xy"][2] and y + TILE <= a["box_xy"][3]]
             touch = any(x < x1 and x + TILE > x0 and y < y1 and y + TILE > y0
-                        for x0, y0, x1, y1 in boxes)
-            t = he[y:y + TILE, x:x + TILE]
-            if (touch and not inside) or (optical_density(t) > 0.25).mean() < 0.5:
+                        for x0, y0, x1, y1 in (a["box_xy"] for a in arts))
+            t, t0 = he[y:y + TILE, x:x + TILE], he0[y:y + TILE, x:x + TILE]
+            changed = (np.abs(t.astype(np.int16) - t0).max(axis=-1) > CHANGED_LEVELS).mean()
+            if ((touch and not inside) or (inside and changed < CHANGED_SHARE)
+                    or (optical_density(t) > 0.25).mean() < 0.5):
                 continue
             tiles.append(t)
-            labels.append(int(inside))
+            labels.append(int(bool(inside)))
+            kinds.append(inside[0] if inside else "")
     labels = np.array(labels)
     clean = np.random.default_rng(0).permutation(np.flatnonzero(labels == 0))[:N_CLEAN]
     keep = np.sort(np.r_[np.flatnonzero(labels == 1), clean])
-    return np.stack(tiles)[keep], labels[keep]
+    return np.stack(tiles)[keep], labels[keep], np.array(kinds)[keep]
 
 
 def mean_uncertainty(estimator, tiles, batch=16):
@@ -119,7 +143,7 @@ def test_family_from_registry_sample_zero_is_the_translation_and_dropout_is_live
     from her2core.inference.tiles import translate_batch
     from her2core.models.pyramid_pix2pix import PyramidPix2Pix
 
-    gan, dm = load_run(runs["pyramid_pix2pix"]), load_run(runs["consistency"])
+    gan, dm = load_run(runs["pyramid_pix2pix"]), load_run(runs["bbdm"])
     assert C.resolve_method(gan) == "tta" and C.resolve_method(dm) == "seeds"
     he = np.stack([read_rgb(a) for a, _, _ in open_paired(data, "test").pairs[:4]])
     for fw in (gan, dm):
@@ -151,26 +175,28 @@ def test_family_from_registry_sample_zero_is_the_translation_and_dropout_is_live
 
 # --------------------------------------------------------------------------- acceptance
 
-#: What holds, measured on CPU with these presets, steps and K = 4 (see the README): the issue
-#: asks AUROC >= 0.8. pix2pix (TTA) gives 0.834 at 300 steps but 0.708 at 200 and ~0.76 at 400;
-#: consistency (seeds) 0.721. Blur and dark shade are found (per-kind AUROC ~1.0 for the GAN;
-#: shade and fold for the diffusion model); folds (GAN) and pen (both) are not: the K samples
-#: agree there, the model is confidently wrong. The floor asserts "clearly better than chance".
-AUROC_FLOOR = 0.65
-#: Spearman floors per model and error; measured: pix2pix 0.898 (1 - SSIM) / 0.913 (DAB OD),
-#: consistency 0.363 / 0.971 — its seed spread ranks the DAB error, not the SSIM loss, >= 0.4.
-SPEARMAN_FLOOR = {"pyramid_pix2pix": (0.4, 0.4), "consistency": (0.2, 0.4)}
+#: The issue's acceptance, for one GAN and one diffusion model. Measured (CPU, these presets,
+#: steps and K = 4): AUROC pix2pix (TTA) 0.918 here, 0.847 / 0.879 with training seeds 1 / 2;
+#: BBDM (seeds) 0.842 here, 0.906 / 0.904 with seeds 1 / 2; Spearman >= 0.84 with both errors,
+#: below random everywhere, for every seed. The GAN's AUROC depends on its training length
+#: (200 or 400 steps: 0.50 to 0.85 over seeds; README "Confidence maps").
+AUROC_MIN = 0.8
+SPEARMAN_MIN = 0.4
 
 
 @pytest.mark.parametrize("name", sorted(STEPS))
-def test_artefact_tiles_have_lower_confidence(name, runs, artefact_case):
-    tiles, labels = artefact_tiles(artefact_case)
-    assert labels.sum() >= 20  # blur, shade, fold and pen boxes hold several tiles each
+def test_artefact_tiles_have_lower_confidence(name, runs, artefact_case, clean_case):
+    tiles, labels, kinds = artefact_tiles(artefact_case, clean_case)
+    # every planted kind holds several tiles (the pen stroke only a few of its box's tiles)
+    assert all((kinds == k).sum() >= 3 for k in KINDS)
     est = C.ConfidenceEstimator(load_run(runs[name]))
     u = mean_uncertainty(est, tiles)
     score = auroc(labels, u)
-    print(f"{name} ({est.method}, K={est.samples}): AUROC artefact vs clean {score:.3f}")
-    assert score >= AUROC_FLOOR
+    per_kind = {k: round(auroc(labels[(kinds == k) | (labels == 0)],
+                               u[(kinds == k) | (labels == 0)]), 2) for k in KINDS}
+    print(f"{name} ({est.method}, K={est.samples}): AUROC artefact vs clean {score:.3f} "
+          f"({labels.sum()} artefact, {(labels == 0).sum()} clean tiles), per kind {per_kind}")
+    assert score >= AUROC_MIN
 
 
 @pytest.mark.parametrize("name", sorted(STEPS))
@@ -187,8 +213,7 @@ def test_uncertainty_predicts_the_real_error(name, runs, data):
     rho = summary["spearman_uncertainty_vs_one_minus_ssim"]
     rho_dab = summary["spearman_uncertainty_vs_dab_od_mae"]
     print(f"{name}: Spearman 1-SSIM {rho:.3f}, DAB OD {rho_dab:.3f}, AUSE {sp['ause']:.4f}")
-    floor_ssim, floor_dab = SPEARMAN_FLOOR[name]
-    assert rho >= floor_ssim and rho_dab >= floor_dab
+    assert rho >= SPEARMAN_MIN and rho_dab >= SPEARMAN_MIN
     assert sp["below_random_everywhere"]
     assert sp["ause"] >= 0 and sp["aurg"] > 0
     assert len(rows) == len(he)
@@ -280,7 +305,7 @@ def test_tiles_confidence_then_evaluate_and_report(runs, data, tmp_path):
         (he_dir / a.name).symlink_to(a)
         (ihc_dir / a.name).symlink_to(b)
     out = tmp_path / "virtual"
-    assert main(["translate", "--run", str(runs["consistency"]), "--tiles", str(he_dir),
+    assert main(["translate", "--run", str(runs["bbdm"]), "--tiles", str(he_dir),
                  "--out", str(out), "--confidence", "--confidence-samples", "3"]) == 0
     maps = sorted((out / "confidence").glob("*.png"))
     assert [m.name for m in maps] == sorted(a.with_suffix(".png").name for a, _, _ in pairs)
