@@ -52,7 +52,7 @@ from her2core.qupath.rois import as_roi
 from her2core.slide.tissue import is_empty_tile
 from her2core.slide.writer import default_workers
 
-FORMAT_VERSION = 2  # 2: the raw output is stored inverted (unwritten = white)
+FORMAT_VERSION = 3  # 2: the raw output is stored inverted (unwritten = white); 3: in column strips
 DEFAULT_TILE = 512
 DEFAULT_OVERLAP = 64
 
@@ -340,6 +340,7 @@ class _Finisher:
     """
 
     AHEAD = 1  # tile rows the model may be ahead of blending
+    CHUNK_STRIPS = 8  # raw-file strips blended by one job (their tiles are read once per job)
 
     def __init__(self, plan: RegionPlan, wd: WorkDir, out_path: Path, properties: dict, *,
                  workers: int, pyramid_tile: int, background: bool):
@@ -351,11 +352,16 @@ class _Finisher:
         self.white = np.full((plan.tile, plan.tile, 3), 255, np.uint8)
         # blocks written to the raw file (the others are white); a resumed job's final
         # block rows count as written, whatever they hold
-        rows, cols = plan.rows, plan.cols
-        self.written = np.zeros((rows.count, cols.count), dtype=bool)
+        rows, width = plan.rows, plan.cols.length
+        # output columns are blended in chunks of whole raw-file strips (one write per strip)
+        self.strip = self.raw.strip
+        self._strip_spans = np.array([(a, min(a + self.strip, width))
+                                      for a in range(0, width, self.strip)]).reshape(-1, 2)
+        self._chunks = [(a, min(a + self.CHUNK_STRIPS, len(self._strip_spans)))
+                        for a in range(0, len(self._strip_spans), self.CHUNK_STRIPS)]
+        self.written = np.zeros((rows.count, len(self._strip_spans)), dtype=bool)
         self.written[:self.m] = True
         self._row_spans = np.array([rows.block(m) for m in range(rows.count)]).reshape(-1, 2)
-        self._col_spans = np.array([cols.block(j) for j in range(cols.count)]).reshape(-1, 2)
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="her2-blend")
         self.stream = PyramidStream(out_path, self.raw, mpp=plan.work_mpp, tile=pyramid_tile,
                                     origin_xy=(float(plan.x0), float(plan.y0)),
@@ -398,7 +404,7 @@ class _Finisher:
 
     def blend_ready(self) -> None:
         """Blend every block row whose two tile rows exist, in order; drop rows no longer needed."""
-        rows, cols, wd = self.plan.rows, self.plan.cols, self.wd
+        rows, wd = self.plan.rows, self.wd
         while self.m < rows.count:
             m = self.m
             if not all(wd.row_done(k) for k in (m, m + 1) if k < rows.count):
@@ -406,10 +412,13 @@ class _Finisher:
             r = rows.block(m)
             if r[1] > r[0]:
                 readers = {k: wd.read_row(k, self.plan.tile) for k in rows.tiles_for(*r)}
-                blocks = [self.pool.submit(self._blend_column, m, j, readers)
-                          for j in range(cols.count) if cols.block(j)[1] > cols.block(j)[0]]
-                for f in blocks:
-                    f.result()
+                try:
+                    for f in [self.pool.submit(self._blend_chunk, m, r, chunk, readers)
+                              for chunk in self._chunks]:
+                        f.result()
+                finally:
+                    for reader in readers.values():
+                        reader.close()
             wd.set_blocks_done(m + 1)
             wd.drop_row(m)
             self.stream.advance(r[1])
@@ -418,29 +427,34 @@ class _Finisher:
                 self._progress.notify_all()
 
     def _never_written(self, r0: int, r1: int, c0: int, c1: int) -> bool:
-        """No block overlapping output rows [r0, r1) x cols [c0, c1) was written: it is white."""
-        rs, cs = self._row_spans, self._col_spans
+        """No strip overlapping output rows [r0, r1) x cols [c0, c1) was written: it is white."""
+        rs, cs = self._row_spans, self._strip_spans
         in_r = (rs[:, 0] < r1) & (rs[:, 1] > r0)
         in_c = (cs[:, 0] < c1) & (cs[:, 1] > c0)
         return not self.written[np.ix_(in_r, in_c)].any()
 
-    def _blend_column(self, m: int, j: int, readers: dict) -> None:
+    def _blend_chunk(self, m: int, r: tuple[int, int], chunk: tuple[int, int],
+                     readers: dict) -> None:
+        """Block row m's output over strips [s0, s1): tiles read once, each strip blended and
+        written whole (one system call), strips under white tiles only left unwritten."""
         plan = self.plan
-        r = plan.rows.block(m)
-        c = plan.cols.block(j)
-        ks, js = plan.rows.tiles_for(*r), plan.cols.tiles_for(*c)
-        if all(readers[k].is_white(jj) for k in ks for jj in js):
+        rows, cols = plan.rows, plan.cols
+        ks = rows.tiles_for(*r)
+        spans = self._strip_spans[chunk[0]:chunk[1]]
+        js = cols.tiles_for(int(spans[0, 0]), int(spans[-1, 1]))
+        stored = {(k, j) for k in ks for j in js if not readers[k].is_white(j)}
+        if not stored:
             return  # the raw file reads white where nothing was written
-        tiles: dict = {}
+        tiles = {kj: readers[kj[0]].tile_at(kj[1]) for kj in sorted(stored)}
 
-        def get(k: int, jj: int) -> np.ndarray:
-            if (k, jj) not in tiles:
-                t = readers[k].tile_at(jj)
-                tiles[(k, jj)] = self.white if t is None else t
-            return tiles[(k, jj)]
+        def get(k: int, j: int) -> np.ndarray:
+            return tiles.get((k, j), self.white)
 
-        self.written[m, j] = True
-        self.raw.write(r[0], c[0], _blend_one(plan, r, c, get))
+        for s, (c0, c1) in enumerate(spans.tolist(), start=chunk[0]):
+            if not any((k, j) in stored for k in ks for j in cols.tiles_for(c0, c1)):
+                continue
+            self.written[m, s] = True
+            self.raw.write(r[0], c0, _blend_one(plan, r, (c0, c1), get))
 
     def finish(self) -> Path:
         """After every tile row is committed: the last blends, the finished output."""
