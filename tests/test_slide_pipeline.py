@@ -1,0 +1,227 @@
+"""The CPU side of slide inference (issue #21): the raw image in column strips, TIFF tiles
+decoded without zarr, strip-chunked blending, and what must not change with them: the bytes
+(whatever the worker count, after a resume), the one-piece blend, pyramid levels that are
+the 2x2 mean of the level above.
+
+A null network (tiles come back as they went in) makes the expected output computable
+independently: the feathered blend of the H&E tiles themselves, white where a tile is glass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+
+import numpy as np
+import pytest
+import torch
+from shapely.geometry import Polygon
+from test_inference_support import synth_he
+
+from her2core.inference.blend import blend_span
+from her2core.inference.model import Translator
+from her2core.inference.region import plan_region
+from her2core.inference.slide import translate_slide
+from her2core.inference.workdir import RAW_STRIP, WorkDir
+from her2core.qupath.rois import as_roi
+from her2core.slide import open_slide, write_pyramid
+from her2core.slide.tissue import is_empty_tile
+from her2core.slide.writer import RawImage, halve
+
+KW = {"work_mpp": 0.5, "tile": 128, "overlap": 32, "progress": False, "batch_size": 3}
+
+
+class NullTranslator(Translator):
+    """Each tile comes back unchanged: the pipeline's output is then known exactly."""
+
+    def __call__(self, batch, seed):
+        self.tiles_translated += len(batch)
+        return np.array(batch)
+
+
+def null_model() -> NullTranslator:
+    return NullTranslator(torch.nn.Identity(), torch.device("cpu"), precision="fp32",
+                          work_mpp=0.5, name="null")
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def he_image():
+    return synth_he(700, 900, seed=5, tissue=0.5)  # output 900 wide: strips 256, 256, 256, 132
+
+
+@pytest.fixture(scope="module")
+def he_slide(tmp_path_factory, he_image):
+    return write_pyramid(tmp_path_factory.mktemp("s") / "he.ome.tif", he_image, mpp=0.5,
+                         tile=128, min_size=128)
+
+
+# ----------------------------------------------------------------------------- raw image
+
+@pytest.mark.parametrize("strip", [None, 1, 7, 64, 256, 1000])
+def test_raw_image_in_strips_reads_and_writes_like_an_array(tmp_path, strip):
+    rng = np.random.default_rng(0)
+    shape = (97, 301, 3)
+    raw = RawImage(tmp_path / f"r{strip}.u8", shape, strip=strip)
+    want = np.full(shape, 255, np.uint8)
+    np.testing.assert_array_equal(raw[:], want)  # a new file reads white
+    for _ in range(40):
+        r0, c0 = int(rng.integers(0, 97)), int(rng.integers(0, 301))
+        h, w = int(rng.integers(1, 98 - r0)), int(rng.integers(1, 302 - c0))
+        block = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        raw.write(r0, c0, block)
+        want[r0:r0 + h, c0:c0 + w] = block
+        a, b = sorted(int(v) for v in rng.integers(0, 98, 2))
+        c, d = sorted(int(v) for v in rng.integers(0, 302, 2))
+        np.testing.assert_array_equal(raw[a:b, c:d], want[a:b, c:d])
+    np.testing.assert_array_equal(raw[:], want)
+    np.testing.assert_array_equal(raw[5], want[5])
+    np.testing.assert_array_equal(RawImage(raw.path, shape, strip=strip)[:], want)  # persisted
+
+
+def test_raw_image_whole_strips_are_one_system_call_each(tmp_path, monkeypatch):
+    """A pyramid tile of a strip-laid raw file is one read and a blended strip one write (a
+    call per row was what held the pipeline back); a part of a strip still reads right."""
+    raw = RawImage(tmp_path / "r.u8", (600, 700, 3), strip=256)
+    calls = {"r": 0, "w": 0}
+    preadv, pwritev = os.preadv, os.pwritev
+    monkeypatch.setattr(os, "preadv", lambda *a: calls.__setitem__("r", calls["r"] + 1) or preadv(*a))
+    monkeypatch.setattr(os, "pwritev", lambda *a: calls.__setitem__("w", calls["w"] + 1) or pwritev(*a))
+    block = np.arange(448 * 256 * 3, dtype=np.uint32).astype(np.uint8).reshape(448, 256, 3)
+    raw.write(32, 256, block)
+    assert calls["w"] == 1
+    raw.write(0, 512, np.zeros((600, 188, 3), np.uint8))  # the last, narrower strip
+    assert calls["w"] == 2
+    tile = raw[256:512, 256:512]
+    assert calls["r"] == 1
+    np.testing.assert_array_equal(tile[:224], block[224:])
+    np.testing.assert_array_equal(raw[0:512, 256:768][32:480, :256], block)  # 2 strips: 2 reads
+    assert calls["r"] == 3
+    np.testing.assert_array_equal(raw[40:50, 300:310], block[8:18, 44:54])  # per row
+    assert calls["r"] == 13
+
+
+# ----------------------------------------------------------------------------- TIFF reads
+
+def _tiffs(tmp_path, img):
+    """The same image as tiled TIFFs of several codecs, and one in strips (not tiled)."""
+    import tifffile
+
+    out = {"ome_zlib": write_pyramid(tmp_path / "p.ome.tif", img, mpp=0.5, tile=128, min_size=128)}
+    for name, kw in {"raw": {}, "predictor": {"compression": "zlib", "predictor": True},
+                     "jpeg": {"compression": "jpeg"}, "lzw": {"compression": "lzw"}}.items():
+        out[name] = tmp_path / f"{name}.tif"
+        tifffile.imwrite(out[name], img, tile=(112, 96), photometric="rgb",
+                         resolution=(2e4, 2e4), resolutionunit="CENTIMETER", **kw)
+    out["strips"] = tmp_path / "strips.tif"
+    tifffile.imwrite(out["strips"], img, rowsperstrip=37, photometric="rgb",
+                     resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
+    return out
+
+
+def test_tiff_tiles_decoded_directly_equal_what_zarr_reads(tmp_path, he_image):
+    img = he_image[:333, :411]
+    rng = np.random.default_rng(2)
+    for name, path in _tiffs(tmp_path, img).items():
+        with open_slide(path) as direct, open_slide(path) as via_zarr:
+            assert direct.backend == "tifffile"
+            assert (direct._direct[0] is None) == (name == "strips"), name
+            via_zarr._direct = [None] * len(via_zarr._direct)
+            for level, (w, h) in enumerate(direct.level_dimensions):
+                for _ in range(12):
+                    x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+                    x1, y1 = int(rng.integers(x0 + 1, w + 1)), int(rng.integers(y0 + 1, h + 1))
+                    got = direct._read_block(level, x0, y0, x1, y1)
+                    np.testing.assert_array_equal(got, via_zarr._read_block(level, x0, y0, x1, y1))
+                    if level == 0 and name in ("ome_zlib", "raw", "predictor", "lzw"):
+                        np.testing.assert_array_equal(got, img[y0:y1, x0:x1])  # lossless
+
+
+def test_damaged_tile_data_is_one_user_error(tmp_path, he_image):
+    from her2core.errors import UserError
+
+    path = write_pyramid(tmp_path / "p.ome.tif", he_image[:256, :256], mpp=0.5, tile=128,
+                         min_size=128)
+    with open_slide(path) as s:
+        page = s._direct[0]
+        off, n = int(page.dataoffsets[1]), int(page.databytecounts[1])
+    data = bytearray(path.read_bytes())
+    data[off:off + n] = bytes(n)  # zeros: not a deflate stream
+    path.write_bytes(bytes(data))
+    with open_slide(path) as s, pytest.raises(UserError, match=r"p\.ome\.tif: cannot read level 0"):
+        s.read_region((0, 0), 0, (256, 256))
+
+
+# ----------------------------------------------------------------------------- the pipeline
+
+def _expected_level0(slide_path, roi=None) -> np.ndarray:
+    """The one-piece feathered blend of the tiles the pipeline runs (glass tiles white), white
+    outside the ROI: what a null network must give, computed without the pipeline."""
+    geom, source = as_roi(roi)
+    with open_slide(slide_path) as s:
+        plan = plan_region(s, work_mpp=0.5, tile=KW["tile"], overlap=KW["overlap"], roi=geom,
+                           roi_source=source)
+        white = np.full((plan.tile, plan.tile, 3), 255, np.uint8)
+        tiles = {}
+        for k in range(plan.rows.count):
+            for j in range(plan.cols.count):
+                img = plan.read_tile(s, k, j) if plan.tile_touches_roi(k, j) else None
+                tiles[k, j] = white if img is None or is_empty_tile(img) else img
+    h, w = plan.rows.length, plan.cols.length
+    out = blend_span(plan.rows, plan.cols, (0, h), (0, w), lambda k, j: tiles[k, j])
+    mask = plan.roi_mask((0, h), (0, w))
+    if mask is not None:
+        out[~mask] = 255
+    return out
+
+
+def _levels(path) -> list[np.ndarray]:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        return [level.asarray() for level in tif.series[0].levels]
+
+
+@pytest.mark.parametrize("with_roi", [False, True])
+def test_null_model_output_is_the_one_piece_blend_whatever_the_workers(tmp_path, he_slide,
+                                                                       with_roi):
+    roi = Polygon([(60, 40), (850, 90), (700, 650), (90, 560)]) if with_roi else None
+    outs = [translate_slide(null_model(), he_slide, tmp_path / f"w{w}" / "v.ome.tif", roi=roi,
+                            workers=w, **KW) for w in (1, 2, 3)]
+    assert len({_sha(p) for p in outs}) == 1
+    levels = _levels(outs[0])
+    expected = _expected_level0(he_slide, roi)
+    assert levels[0].shape == expected.shape and expected.shape[1] > 3 * RAW_STRIP
+    assert (expected < 255).any() and (expected == 255).all(axis=2).any()  # tissue and glass
+    np.testing.assert_array_equal(levels[0], expected)
+    for above, level in itertools.pairwise(levels):  # each level: the 2x2 mean of the one above
+        np.testing.assert_array_equal(level, halve(above, *level.shape[:2]))
+    assert not any(p.name.endswith(".work") for p in outs[0].parent.iterdir())
+
+
+def test_killed_null_model_run_resumes_to_the_same_bytes(tmp_path, he_slide):
+    whole = translate_slide(null_model(), he_slide, tmp_path / "a" / "v.ome.tif", workers=2, **KW)
+    out = tmp_path / "b" / "v.ome.tif"
+
+    class Stop(Exception):
+        pass
+
+    def stop_late(done, total):
+        if done >= total * 3 // 4:
+            raise Stop
+
+    with pytest.raises(Stop):
+        translate_slide(null_model(), he_slide, out, workers=2, callback=stop_late, **KW)
+    wd = WorkDir(out)
+    assert not out.exists() and wd.blocks_done() >= 2  # blended block rows in the journal
+    resumed = null_model()
+    translate_slide(resumed, he_slide, out, workers=2, **KW)
+    assert _sha(out) == _sha(whole)
+    with open_slide(he_slide) as s:
+        n_cols = plan_region(s, work_mpp=0.5, tile=KW["tile"], overlap=KW["overlap"]).cols.count
+    assert 0 < resumed.tiles_translated < n_cols * 6  # only the rows after the journal's end
+    assert not wd.exists()
