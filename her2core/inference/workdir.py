@@ -122,7 +122,7 @@ class RowWriter:
             self._flags.append(0)
         else:
             with self._unwritable():
-                self._f.write(np.ascontiguousarray(tile_rgb, dtype=np.uint8).tobytes())
+                self._f.write(memoryview(np.ascontiguousarray(tile_rgb, dtype=np.uint8)).cast("B"))
             self._flags.append(1)
 
     def commit(self) -> None:
