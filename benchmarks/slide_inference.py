@@ -328,9 +328,13 @@ def ceiling(args, work: Path) -> dict:
     # 1. raw read + decode of every tile of the plan, the way the pipeline reads them
     with open_slide(slide) as s:
         for w in args.workers:
+            cpu0 = time.process_time()
             dt = timed_map(lambda kj, s=s: plan.read_tile(s, *kj), keys, w)
+            cpu = time.process_time() - cpu0
             res["read_tiles_per_s"][w] = n / dt
-            print(f"raw read+decode, {w} thread(s): {n / dt:7.1f} tiles/s ({dt:.1f} s)")
+            res.setdefault("read_cpu_ms_per_tile", {})[w] = 1e3 * cpu / n
+            print(f"raw read+decode, {w} thread(s): {n / dt:7.1f} tiles/s ({dt:.1f} s; CPU "
+                  f"{1e3 * cpu / n:.1f} ms a tile)")
 
     out = work / "null_virtual.ome.tif"
     digests = {}
@@ -341,19 +345,21 @@ def ceiling(args, work: Path) -> dict:
             if done == total:
                 state["last_tile"] = time.perf_counter()
 
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         translate_slide(null_translator(), slide, out, tile=args.tile, overlap=args.overlap,
                         batch_size=args.batch_size, progress=False, overwrite=True, callback=tick,
                         workers=w)
-        t_end = time.perf_counter()
+        t_end, cpu = time.perf_counter(), time.process_time() - cpu0
         digests[w] = hashlib.sha256(out.read_bytes()).hexdigest()
         last = state.get("last_tile", t_end) - t0
         r = {"seconds": t_end - t0, "tiles_per_s": n / (t_end - t0), "last_tile_s": last,
-             "tail_s": t_end - t0 - last, "tail_share": (t_end - t0 - last) / last}
+             "tail_s": t_end - t0 - last, "tail_share": (t_end - t0 - last) / last,
+             "cpu_s": cpu, "cores_used": cpu / (t_end - t0)}
         res["pipeline"][w] = r
         print(f"null-model pipeline, {w} worker(s): {r['tiles_per_s']:7.1f} tiles/s "
               f"({r['seconds']:.1f} s; last tile at {last:.1f} s, pyramid finished "
-              f"{r['tail_s']:.2f} s later = {r['tail_share']:.1%})")
+              f"{r['tail_s']:.2f} s later = {r['tail_share']:.1%}; CPU {cpu:.2f} s = "
+              f"{1e3 * cpu / n:.1f} ms a tile, {r['cores_used']:.2f} cores busy)")
     res["same_bytes"] = len(set(digests.values())) == 1
 
     # 2. raw encode of the same output pyramid (its tiles, all levels, from memory)
