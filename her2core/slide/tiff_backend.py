@@ -11,7 +11,9 @@ import json
 import logging
 import os
 import re
+import threading
 import xml.etree.ElementTree as ET
+from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,6 +22,10 @@ import numpy as np
 from her2core.errors import UserError
 from her2core.slide.base import LevelView, Slide, to_rgb
 from her2core.slide.mpp import mpp_from_resolution
+
+#: Decoded TIFF tiles a slide keeps (see `TiffSlide._keep_decoded`): a fixed amount, so memory
+#: does not grow with the slide; 32 MiB holds two rows of 512² tiles of an 8k-wide level.
+DECODED_CACHE_BYTES = 32 * 2**20
 
 _UNIT_TO_UM = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6, "Å": 1e-4}
 
@@ -66,6 +72,9 @@ class TiffSlide(Slide):
             self._tif.close()
             raise
         self._direct = [_directly_decodable(lvl, self._layouts[i]) for i, lvl in enumerate(levels)]
+        self._decoded: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._decoded_bytes = 0
+        self._decoded_lock = threading.Lock()
         self._fd = os.open(self.path, os.O_RDONLY) if any(p is not None for p in self._direct) else -1
         self._float_scale = self._decide_float_scale(series.dtype)
 
@@ -168,12 +177,30 @@ class TiffSlide(Slide):
                 if n == 0:  # a tile never written: zarr's fill value
                     dst[...] = 0
                     continue
-                data = os.pread(self._fd, n, page.dataoffsets[i])
-                if len(data) != n:
-                    raise EOFError(f"tile {i} ends past the end of the file")
-                tile = decode(data, i, jpegtables=page.jpegtables)[0]
-                dst[...] = tile[0, ya - tr * th:yb - tr * th, xa - tc * tw:xb - tc * tw]
+                key = (id(page), i)  # the page lives as long as the slide (self._direct)
+                with self._decoded_lock:
+                    tile = self._decoded.get(key)
+                    if tile is not None:
+                        self._decoded.move_to_end(key)
+                if tile is None:
+                    data = os.pread(self._fd, n, page.dataoffsets[i])
+                    if len(data) != n:
+                        raise EOFError(f"tile {i} ends past the end of the file")
+                    tile = decode(data, i, jpegtables=page.jpegtables)[0][0]
+                    self._keep_decoded(key, tile)
+                dst[...] = tile[ya - tr * th:yb - tr * th, xa - tc * tw:xb - tc * tw]
         return out
+
+    def _keep_decoded(self, key: tuple[int, int], tile: np.ndarray) -> None:
+        """Keep the last DECODED_CACHE_BYTES of decoded tiles: overlapping inference tiles
+        and the next tile row need most TIFF tiles again (decoded ~4x each without this)."""
+        with self._decoded_lock:
+            if key in self._decoded:
+                return
+            self._decoded[key] = tile
+            self._decoded_bytes += tile.nbytes
+            while self._decoded_bytes > DECODED_CACHE_BYTES and len(self._decoded) > 1:
+                self._decoded_bytes -= self._decoded.popitem(last=False)[1].nbytes
 
     def _read_block(self, level: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         return to_rgb(self._level_block(level, x0, y0, x1, y1), self._float_scale)
