@@ -225,3 +225,23 @@ def test_killed_null_model_run_resumes_to_the_same_bytes(tmp_path, he_slide):
         n_cols = plan_region(s, work_mpp=0.5, tile=KW["tile"], overlap=KW["overlap"]).cols.count
     assert 0 < resumed.tiles_translated < n_cols * 6  # only the rows after the journal's end
     assert not wd.exists()
+
+
+def test_decoded_tiles_are_reused_within_a_fixed_budget(tmp_path, he_image, monkeypatch):
+    from her2core.slide import tiff_backend
+
+    path = write_pyramid(tmp_path / "p.ome.tif", he_image, mpp=0.5, tile=128, min_size=128)
+    reads = []
+    pread = os.pread
+    monkeypatch.setattr(os, "pread", lambda fd, n, off: reads.append(off) or pread(fd, n, off))
+    with open_slide(path) as s:
+        a = s.read_region((130, 60), 0, (300, 200))  # 3 x 3 TIFF tiles
+        assert len(reads) == 9
+        b = s.read_region((258, 60), 0, (300, 200))  # one column of tiles further: 3 new ones
+        assert len(reads) == 12
+        np.testing.assert_array_equal(a[:, 128:], b[:, :172])
+        np.testing.assert_array_equal(b, he_image[60:260, 258:558])
+    monkeypatch.setattr(tiff_backend, "DECODED_CACHE_BYTES", 5 * 128 * 128 * 3)
+    with open_slide(path) as s:
+        np.testing.assert_array_equal(s.read_region((0, 0), 0, (900, 700)), he_image)
+        assert s._decoded_bytes <= tiff_backend.DECODED_CACHE_BYTES and len(s._decoded) == 5
