@@ -245,3 +245,26 @@ def test_decoded_tiles_are_reused_within_a_fixed_budget(tmp_path, he_image, monk
     with open_slide(path) as s:
         np.testing.assert_array_equal(s.read_region((0, 0), 0, (900, 700)), he_image)
         assert s._decoded_bytes <= tiff_backend.DECODED_CACHE_BYTES and len(s._decoded) == 5
+
+
+@pytest.mark.parametrize("shape", [(512, 512), (256, 384), (100, 70), (63, 63)])
+def test_empty_tile_check_looking_at_the_top_first_gives_the_rule_s_answer(shape):
+    """The early answer from the top eighth equals the glass rule on the whole tile, also at the
+    threshold's edge and with the tissue anywhere."""
+    from her2core.slide.tissue import glass_pixels
+
+    def rule(rgb, max_tissue):
+        return float(1.0 - glass_pixels(rgb).mean()) < max_tissue
+
+    h, w = shape
+    rng = np.random.default_rng(h)
+    edge = int(0.002 * h * w)
+    for k in sorted({0, 1, max(0, edge - 1), edge, edge + 1, edge + 2, h * w // 3, h * w}):
+        for where in ("top", "bottom", "anywhere"):
+            tile = np.full((h, w, 3), 242, np.uint8)  # glass
+            flat = tile.reshape(-1, 3)
+            idx = {"top": np.arange(k), "bottom": np.arange(h * w - k, h * w),
+                   "anywhere": rng.choice(h * w, k, replace=False)}[where]
+            flat[idx] = (200, 90, 160)  # tissue
+            for max_tissue in (0.0, 0.002, edge / (h * w), 0.5, 1.0):
+                assert is_empty_tile(tile, max_tissue) == rule(tile, max_tissue), (k, where)
