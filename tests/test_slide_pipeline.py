@@ -188,10 +188,15 @@ def _levels(path) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("with_roi", [False, True])
 def test_null_model_output_is_the_one_piece_blend_whatever_the_workers(tmp_path, he_slide,
-                                                                       with_roi):
+                                                                       with_roi, monkeypatch):
+    from her2core.inference.slide import _Finisher
+
     roi = Polygon([(60, 40), (850, 90), (700, 650), (90, 560)]) if with_roi else None
     outs = [translate_slide(null_model(), he_slide, tmp_path / f"w{w}" / "v.ome.tif", roi=roi,
                             workers=w, **KW) for w in (1, 2, 3)]
+    monkeypatch.setattr(_Finisher, "CHUNK_STRIPS", (1, 1))  # one strip a job: other chunks
+    outs.append(translate_slide(null_model(), he_slide, tmp_path / "c" / "v.ome.tif", roi=roi,
+                                workers=2, **KW))
     assert len({_sha(p) for p in outs}) == 1
     levels = _levels(outs[0])
     expected = _expected_level0(he_slide, roi)

@@ -340,7 +340,8 @@ class _Finisher:
     """
 
     AHEAD = 1  # tile rows the model may be ahead of blending
-    CHUNK_STRIPS = 8  # raw-file strips blended by one job (their tiles are read once per job)
+    CHUNK_STRIPS = (2, 8)  # raw-file strips a blending job takes (its tiles are read once):
+    # as many as give every worker two jobs a block row, within these bounds
 
     def __init__(self, plan: RegionPlan, wd: WorkDir, out_path: Path, properties: dict, *,
                  workers: int, pyramid_tile: int, background: bool):
@@ -357,8 +358,10 @@ class _Finisher:
         self.strip = self.raw.strip
         self._strip_spans = np.array([(a, min(a + self.strip, width))
                                       for a in range(0, width, self.strip)]).reshape(-1, 2)
-        self._chunks = [(a, min(a + self.CHUNK_STRIPS, len(self._strip_spans)))
-                        for a in range(0, len(self._strip_spans), self.CHUNK_STRIPS)]
+        n_strips = len(self._strip_spans)
+        lo, hi = self.CHUNK_STRIPS
+        per_job = max(lo, min(hi, -(-n_strips // (2 * workers))))
+        self._chunks = [(a, min(a + per_job, n_strips)) for a in range(0, n_strips, per_job)]
         self.written = np.zeros((rows.count, len(self._strip_spans)), dtype=bool)
         self.written[:self.m] = True
         self._row_spans = np.array([rows.block(m) for m in range(rows.count)]).reshape(-1, 2)
