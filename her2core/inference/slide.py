@@ -10,11 +10,12 @@ How it stays seamless, bounded, resumable, and keeps up with a GPU:
     memory on CUDA);
   * each finished tile row is one file in the work folder (see `workdir`), written
     by a thread of its own; as soon as rows k and k+1 exist, output block row k is
-    blended (`blend.blend_block`, column blocks in `workers` threads) into a raw
-    file on disk and row k is deleted; the model waits when blending is more than
-    a row behind, so row files stay few;
-  * each block row goes straight into a `PyramidStream`, which encodes its tiles and
-    builds the lower levels in threads as it goes: the tiled pyramidal OME-TIFF (working
+    blended (`blend.blend_block`, in jobs of whole column strips of the raw file on
+    `workers` threads, each strip one write) into a raw file on disk and row k is
+    deleted; the model waits when blending is more than a row behind, so row files
+    stay few;
+  * each block row goes straight into a `PyramidStream`, which encodes its tiles (each
+    one read of the strip-laid raw file) and builds the lower levels in threads as it goes: the tiled pyramidal OME-TIFF (working
     mpp, the region's level-0 origin) is finished a moment after the last block row.
 Memory is a few tiles plus the batch, whatever the slide size. A rerun with the
 same inputs resumes from the journal (the pyramid is rebuilt from the raw file's
