@@ -394,6 +394,9 @@ def ceiling(args, work: Path) -> dict:
         res["pipeline"][w]["vs_read"] = res["pipeline"][w]["tiles_per_s"] / res["read_tiles_per_s"][w]
     print("pipeline / raw read+decode (same threads): " + ", ".join(
         f"{res['pipeline'][w]['vs_read']:.2f} with {w}" for w in args.workers) + "  (goal >= 0.5)")
+    print("pipeline / raw encode of its output (same threads): " + ", ".join(
+        f"{res['pipeline'][w]['tiles_per_s'] / res['encode_tiles_per_s'][w]:.2f} with {w}"
+        for w in args.workers) + "  (for comparison: encoding is work the pipeline must do)")
     print(f"pipeline {w1} -> {w2} workers: x{res['scaling']:.2f}  (goal >= 1.6)")
     print("pyramid tail / time to last tile: " + ", ".join(
         f"{res['pipeline'][w]['tail_share']:.1%}" for w in args.workers) + "  (goal <= 10 %)")
