@@ -94,7 +94,8 @@ class RawImage:
 
     Stored inverted (255 - value), so the file starts sparse and all white: glass and the
     outside of an ROI need no writes and no disk. Nothing is mapped, so resident memory does
-    not grow with the image, and threads may read and write disjoint parts at once. Writes
+    not grow with the image, and threads may read and write disjoint parts at once (through
+    one file descriptor, opened at first use; `close()` when done). Writes
     land in the page cache at once: a killed process leaves them for the next one (no sync
     per write; that cost ~18 ms a block).
 
@@ -109,6 +110,7 @@ class RawImage:
     ndim = 3
 
     def __init__(self, path: str | Path, shape: tuple[int, int, int], *, strip: int | None = None):
+        self._fd, self._open_lock = -1, threading.Lock()
         self.path = Path(path)
         self.shape = tuple(int(s) for s in shape)
         self.strip = int(strip) if strip else self.shape[1]
@@ -163,11 +165,7 @@ class RawImage:
         out = np.empty((r1 - r0, c1 - c0, 3), dtype=np.uint8)
         if out.size == 0:
             return out
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            self._io(os.preadv, fd, r0, r1, c0, out)
-        finally:
-            os.close(fd)
+        self._io(os.preadv, self._file(), r0, r1, c0, out)
         return np.subtract(255, out, out=out)
 
     def write(self, r0: int, c0: int, block: np.ndarray) -> None:
@@ -176,15 +174,39 @@ class RawImage:
         if block.size == 0:
             return
         try:
-            fd = os.open(self.path, os.O_WRONLY)
-            try:
-                self._io(os.pwritev, fd, r0, r0 + block.shape[0], c0, block)
-            finally:
-                os.close(fd)
+            self._io(os.pwritev, self._file(), r0, r0 + block.shape[0], c0, block)
         except OSError as exc:  # a sparse file fills the disk late: say so in one line
             if exc.errno in UNWRITABLE:
                 raise unwritable(self.path, exc) from None
             raise
+
+    def _file(self) -> int:
+        """The file, opened once (threads share it: positioned I/O has no file offset)."""
+        if self._fd < 0:
+            with self._open_lock:
+                if self._fd < 0:
+                    self._fd = os.open(self.path, os.O_RDWR)
+        return self._fd
+
+    def unlink(self) -> None:
+        """Remove the file's name; reads and writes go on until `close()` frees its space."""
+        self._file()
+        self.path.unlink(missing_ok=True)
+
+    def close(self, *, in_background: bool = False) -> None:
+        """Close the file. `in_background`: in a thread of its own, for an unlinked file whose
+        freeing (~50 ms for a slide's blended output) need not hold up the caller; nothing is
+        left behind if the process ends first (the kernel frees an unlinked file at exit)."""
+        fd, self._fd = self._fd, -1
+        if fd < 0:
+            return
+        if in_background:
+            threading.Thread(target=os.close, args=(fd,), name="her2-free", daemon=True).start()
+        else:
+            os.close(fd)
+
+    def __del__(self):
+        self.close()
 
 
 def _positioned(io, fd: int, arr: np.ndarray, offset: int) -> None:
@@ -259,6 +281,8 @@ class PyramidStream:
         self._stores = [source] + [RawImage(self._scratch / f"level{i}.u8", (lh, lw, 3),
                                             strip=self.tile)
                                    for i, (lh, lw) in enumerate(self.shapes[1:], start=1)]
+        for store in self._stores[1:]:
+            store.unlink()  # nameless from the start: nothing left behind, freed in the background
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="her2-pyramid")
         self._writer = threading.Thread(
             target=self._write, name="her2-pyramid-writer", daemon=True,
@@ -445,7 +469,9 @@ class PyramidStream:
         if self._writer.is_alive():
             self._queue.put((None, None))
             self._writer.join()
-        shutil.rmtree(self._scratch, ignore_errors=True)
+        shutil.rmtree(self._scratch, ignore_errors=True)  # before the stores' space is freed
+        for store in self._stores[1:]:
+            store.close(in_background=True)
 
 
 def write_pyramid(path: str | Path, source, *, mpp: float, tile: int = 256,
