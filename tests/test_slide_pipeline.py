@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -103,6 +104,26 @@ def test_raw_image_whole_strips_are_one_system_call_each(tmp_path, monkeypatch):
     assert calls["r"] == 3
     np.testing.assert_array_equal(raw[40:50, 300:310], block[8:18, 44:54])  # per row
     assert calls["r"] == 13
+
+
+def test_raw_image_unlinked_still_reads_and_closing_in_the_background_frees_it(tmp_path):
+    raw = RawImage(tmp_path / "r.u8", (64, 80, 3), strip=16)
+    block = np.arange(64 * 80 * 3, dtype=np.uint32).astype(np.uint8).reshape(64, 80, 3)
+    raw.write(0, 0, block)
+    raw.unlink()
+    assert list(tmp_path.iterdir()) == []
+    raw.write(8, 16, np.zeros((8, 16, 3), np.uint8))  # reads and writes go on
+    block[8:16, 16:32] = 0
+    np.testing.assert_array_equal(raw[:], block)
+    fd, inode = raw._fd, os.fstat(raw._fd).st_ino
+    raw.close(in_background=True)
+    for t in [t for t in threading.enumerate() if t.name == "her2-free"]:
+        t.join()
+    assert raw._fd == -1
+    try:  # the descriptor is closed (or, reused since, names another file)
+        assert os.fstat(fd).st_ino != inode
+    except OSError:
+        pass
 
 
 # ----------------------------------------------------------------------------- TIFF reads
