@@ -229,7 +229,8 @@ def test_null_model_output_is_the_one_piece_blend_whatever_the_workers(tmp_path,
     assert not any(p.name.endswith(".work") for p in outs[0].parent.iterdir())
 
 
-def test_killed_null_model_run_resumes_to_the_same_bytes(tmp_path, he_slide):
+@pytest.mark.parametrize("stop_at", [0.3, 0.75, 1.0])
+def test_killed_null_model_run_resumes_to_the_same_bytes(tmp_path, he_slide, stop_at):
     whole = translate_slide(null_model(), he_slide, tmp_path / "a" / "v.ome.tif", workers=2, **KW)
     out = tmp_path / "b" / "v.ome.tif"
 
@@ -237,13 +238,13 @@ def test_killed_null_model_run_resumes_to_the_same_bytes(tmp_path, he_slide):
         pass
 
     def stop_late(done, total):
-        if done >= total * 3 // 4:
+        if done >= total * stop_at:
             raise Stop
 
     with pytest.raises(Stop):
         translate_slide(null_model(), he_slide, out, workers=2, callback=stop_late, **KW)
     wd = WorkDir(out)
-    assert not out.exists() and wd.blocks_done() >= 2  # blended block rows in the journal
+    assert not out.exists() and wd.blocks_done() >= 1  # blended block rows in the journal
     resumed = null_model()
     translate_slide(resumed, he_slide, out, workers=2, **KW)
     assert _sha(out) == _sha(whole)
