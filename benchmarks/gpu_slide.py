@@ -90,7 +90,15 @@ def main(argv=None) -> int:
                                   SynthSlide(args.size, args.size, tissue=args.tissue),
                                   mpp=MPP, tile=512, min_size=512, compression=None)
         t_create = time.perf_counter() - t
-        print(f"synthetic slide {args.size} x {args.size} px written in {t_create:.1f} s", flush=True)
+        if args.slide is not None:  # made earlier (--make-slide): its own size, not --size
+            from her2core.slide import open_slide
+
+            with open_slide(slide) as s:
+                args.size = max(s.dimensions)
+            print(f"synthetic slide {args.size} x {args.size} px: {slide}", flush=True)
+        else:
+            print(f"synthetic slide {args.size} x {args.size} px written in {t_create:.1f} s",
+                  flush=True)
 
         cls = registry.get(args.model)
         fw = cls(cls.preset("paper"))

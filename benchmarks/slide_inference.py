@@ -9,7 +9,9 @@ slide run's tiles/s is the ceiling of the pipeline itself (reading, blending, py
 writing). In one run it prints, on the same 8k slide: the raw read+decode rate of its tiles,
 the raw encode rate of its output pyramid, and the null-model pipeline with 1 and 2 worker
 threads (scaling with cores), the time from the last tile to the finished pyramid; then the
-peak memory of whole-slide runs on an 8k and a 32k slide (each in its own subprocess).
+peak memory of whole-slide runs on an 8k and a 32k slide (each in its own subprocess); last,
+PASS/FAIL for each CPU acceptance item of issue #21 (the read ratio compares the pipeline
+with the raw read at the same number of threads; output bytes must not depend on workers).
 
 1. Builds a synthetic H&E slide (default 8192 x 8192 px at 0.5 µm/px, tissue on ~30 %),
    translates it with `translate_slide` (tile 512, overlap 64) and prints end-to-end
@@ -27,6 +29,7 @@ weights: speed does not depend on training), the network `make demo` trains. `--
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -332,11 +335,16 @@ def ceiling(args, work: Path) -> dict:
     # 1. raw read + decode of every tile of the plan, the way the pipeline reads them
     with open_slide(slide) as s:
         for w in args.workers:
+            cpu0 = time.process_time()
             dt = timed_map(lambda kj, s=s: plan.read_tile(s, *kj), keys, w)
+            cpu = time.process_time() - cpu0
             res["read_tiles_per_s"][w] = n / dt
-            print(f"raw read+decode, {w} thread(s): {n / dt:7.1f} tiles/s ({dt:.1f} s)")
+            res.setdefault("read_cpu_ms_per_tile", {})[w] = 1e3 * cpu / n
+            print(f"raw read+decode, {w} thread(s): {n / dt:7.1f} tiles/s ({dt:.1f} s; CPU "
+                  f"{1e3 * cpu / n:.1f} ms a tile)")
 
     out = work / "null_virtual.ome.tif"
+    digests = {}
     for w in args.workers:
         state = {}
 
@@ -344,19 +352,23 @@ def ceiling(args, work: Path) -> dict:
             if done == total:
                 state["last_tile"] = time.perf_counter()
 
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         translate_slide(null_translator(), slide, out,
                         InferenceOptions(tile=args.tile, overlap=args.overlap,
                                          batch_size=args.batch_size, workers=w),
                         overwrite=True, progress=Progress(lambda _s, d, total, t=tick: t(d, total)))
-        t_end = time.perf_counter()
+        t_end, cpu = time.perf_counter(), time.process_time() - cpu0
+        digests[w] = hashlib.sha256(out.read_bytes()).hexdigest()
         last = state.get("last_tile", t_end) - t0
         r = {"seconds": t_end - t0, "tiles_per_s": n / (t_end - t0), "last_tile_s": last,
-             "tail_s": t_end - t0 - last, "tail_share": (t_end - t0 - last) / last}
+             "tail_s": t_end - t0 - last, "tail_share": (t_end - t0 - last) / last,
+             "cpu_s": cpu, "cores_used": cpu / (t_end - t0)}
         res["pipeline"][w] = r
         print(f"null-model pipeline, {w} worker(s): {r['tiles_per_s']:7.1f} tiles/s "
               f"({r['seconds']:.1f} s; last tile at {last:.1f} s, pyramid finished "
-              f"{r['tail_s']:.2f} s later = {r['tail_share']:.1%})")
+              f"{r['tail_s']:.2f} s later = {r['tail_share']:.1%}; CPU {cpu:.2f} s = "
+              f"{1e3 * cpu / n:.1f} ms a tile, {r['cores_used']:.2f} cores busy)")
+    res["same_bytes"] = len(set(digests.values())) == 1
 
     # 2. raw encode of the same output pyramid (its tiles, all levels, from memory)
     with open_slide(out) as s:
@@ -388,13 +400,40 @@ def ceiling(args, work: Path) -> dict:
     res["scaling"] = p2 / p1
     for w in args.workers:
         res["pipeline"][w]["vs_read"] = res["pipeline"][w]["tiles_per_s"] / res["read_tiles_per_s"][w]
-    print("pipeline / raw read+decode: " + ", ".join(
-        f"{res['pipeline'][w]['vs_read']:.2f} with {w} thread(s)" for w in args.workers)
-        + "  (goal >= 0.5)")
+    print("pipeline / raw read+decode (same threads): " + ", ".join(
+        f"{res['pipeline'][w]['vs_read']:.2f} with {w}" for w in args.workers) + "  (goal >= 0.5)")
+    print("pipeline / raw encode of its output (same threads): " + ", ".join(
+        f"{res['pipeline'][w]['tiles_per_s'] / res['encode_tiles_per_s'][w]:.2f} with {w}"
+        for w in args.workers) + "  (for comparison: encoding is work the pipeline must do)")
     print(f"pipeline {w1} -> {w2} workers: x{res['scaling']:.2f}  (goal >= 1.6)")
     print("pyramid tail / time to last tile: " + ", ".join(
         f"{res['pipeline'][w]['tail_share']:.1%}" for w in args.workers) + "  (goal <= 10 %)")
+    print(f"output bytes with {' and '.join(map(str, args.workers))} workers: "
+          f"{'identical' if res['same_bytes'] else 'DIFFERENT'}")
     return res
+
+
+def verdicts(out: dict, workers: list[int]) -> list[tuple[str, bool]]:
+    """(acceptance item of issue #21, holds) for the figures of this run."""
+    items = []
+    c = out.get("ceiling")
+    if c:
+        w = workers[-1]
+        items.append(((f"pipeline ceiling >= 0.5 x raw read+decode ({w} workers vs {w} threads: "
+                      f"{c['pipeline'][w]['vs_read']:.2f})"), c["pipeline"][w]["vs_read"] >= 0.5))
+        if len(workers) > 1:
+            items.append(((f"ceiling rises >= 1.6 x from {workers[0]} to {w} workers "
+                          f"(x{c['scaling']:.2f})"), c["scaling"] >= 1.6))
+        worst = max(r["tail_share"] for r in c["pipeline"].values())
+        items.append(((f"pyramid finished within 10 % of the time to the last tile (worst "
+                      f"{worst:.1%})"), worst <= 0.10))
+        items.append(("output bytes identical for every worker count", c["same_bytes"]))
+    m = out.get("memory")
+    if m and len(m) >= 2:
+        ratio = m[-1]["peak_anon"] / m[0]["peak_anon"]
+        items.append(((f"peak anonymous memory {m[-1]['size']}² / {m[0]['size']}² <= 1.2 "
+                      f"(x{ratio:.2f})"), ratio <= 1.2))
+    return items
 
 
 def memory(args, work: Path) -> list[dict]:
@@ -465,6 +504,13 @@ def main(argv=None) -> int:
                 args, work)
         if not args.skip_memory:
             out["memory"] = memory(args, work)
+    if args.null_model:
+        items = verdicts(out, args.workers)
+        print("\nissue #21, CPU acceptance (resume and byte-identity tests: pytest "
+              "tests/test_slide_pipeline.py tests/test_kill_resume.py -k slide):")
+        for what, ok in items:
+            print(f"  {'PASS' if ok else 'FAIL'}  {what}")
+        out["verdicts"] = {what: ok for what, ok in items}
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
     return 0

@@ -12,7 +12,8 @@ system, and a rerun with the same plan picks up exactly where it stopped.
                        white tiles left out; a trailer of one byte per column says which
       blocks.json      {"blocks_done": m}: output block rows [0, m) are final in out.u8
       out.u8           the blended region, raw (H, W, 3) uint8 stored inverted (255 - v), so
-                       what was never written (glass) reads white and stays sparse on disk
+                       what was never written (glass) reads white and stays sparse on disk,
+                       in column strips of RAW_STRIP (one system call per pyramid tile)
 
 Reads and writes are positioned file I/O, never a mapping of the region, so the
 process's resident memory stays a few tiles.
@@ -32,7 +33,11 @@ from her2core.slide.writer import RawImage
 from her2core.util.atomic import write_json
 from her2core.util.outputs import UNWRITABLE, unwritable
 
-__all__ = ["RawImage", "RowReader", "RowWriter", "WorkDir"]
+__all__ = ["RAW_STRIP", "RawImage", "RowReader", "RowWriter", "WorkDir"]
+
+#: Column strip width of out.u8 (see `RawImage`): the default pyramid tile, whose level-0 tiles
+#: are then one read each. Fixed (not the run's pyramid tile) so that a journal means one layout.
+RAW_STRIP = 256
 
 
 class WorkDir:
@@ -93,7 +98,7 @@ class WorkDir:
         write_json(self.path / "blocks.json", {"blocks_done": int(m)})
 
     def raw_image(self, height: int, width: int) -> RawImage:
-        return RawImage(self.raw_path, (height, width, 3))
+        return RawImage(self.raw_path, (height, width, 3), strip=RAW_STRIP)
 
 
 class RowWriter:
@@ -117,7 +122,7 @@ class RowWriter:
             self._flags.append(0)
         else:
             with self._unwritable():
-                self._f.write(np.ascontiguousarray(tile_rgb, dtype=np.uint8).tobytes())
+                self._f.write(memoryview(np.ascontiguousarray(tile_rgb, dtype=np.uint8)).cast("B"))
             self._flags.append(1)
 
     def commit(self) -> None:
@@ -148,19 +153,26 @@ class RowWriter:
 
 
 class RowReader:
-    """Tiles of one committed row file, by column; None for white tiles."""
+    """Tiles of one committed row file, by column; None for white tiles.
+
+    Holds the file open (`close()` when done): a tile is one positioned read.
+    """
 
     def __init__(self, path: Path, tile: int):
         self.path, self.tile = path, tile
         self.nbytes = tile * tile * 3
-        size = path.stat().st_size
-        n_stored = size // self.nbytes  # the trailer is shorter than one tile
-        n_cols = size - n_stored * self.nbytes
-        with open(path, "rb") as f:
-            f.seek(n_stored * self.nbytes)
-            flags = np.frombuffer(f.read(n_cols), dtype=np.uint8)
-        if int(flags.sum()) != n_stored:
-            raise RuntimeError(f"{path}: damaged row file; delete the work folder and rerun")
+        self._fd = -1
+        self._fd = os.open(path, os.O_RDONLY)
+        try:
+            size = os.fstat(self._fd).st_size
+            n_stored = size // self.nbytes  # the trailer is shorter than one tile
+            n_cols = size - n_stored * self.nbytes
+            flags = np.frombuffer(os.pread(self._fd, n_cols, n_stored * self.nbytes), np.uint8)
+            if len(flags) != n_cols or int(flags.sum()) != n_stored:
+                raise RuntimeError(f"{path}: damaged row file; delete the work folder and rerun")
+        except BaseException:
+            self.close()
+            raise
         self.flags = flags.astype(bool)
         self.index = np.cumsum(flags) - 1  # position among stored tiles
 
@@ -170,7 +182,20 @@ class RowReader:
     def tile_at(self, j: int) -> np.ndarray | None:
         if not self.flags[j]:
             return None
-        with open(self.path, "rb") as f:
-            f.seek(int(self.index[j]) * self.nbytes)
-            data = f.read(self.nbytes)
-        return np.frombuffer(data, dtype=np.uint8).reshape(self.tile, self.tile, 3)
+        out = np.empty((self.tile, self.tile, 3), np.uint8)
+        view = memoryview(out).cast("B")
+        offset, done = int(self.index[j]) * self.nbytes, 0
+        while done < self.nbytes:
+            n = os.preadv(self._fd, [view[done:]], offset + done)
+            if n <= 0:
+                raise RuntimeError(f"{self.path}: damaged row file; delete the work folder and rerun")
+            done += n
+        return out
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self):
+        self.close()

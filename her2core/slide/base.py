@@ -82,7 +82,8 @@ class Slide:
 
     # -- what a backend implements ------------------------------------------
     def _read_block(self, level: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-        """RGB uint8 (y1-y0, x1-x0, 3) of `level`, in that level's pixels, inside the level."""
+        """RGB uint8 (y1-y0, x1-x0, 3) of `level`, in that level's pixels, inside the level: a
+        fresh array (`read_region` hands it out as it is)."""
         raise NotImplementedError
 
     def level_array(self, level: int = 0):
@@ -134,10 +135,14 @@ class Slide:
         if w < 0 or h < 0 or w * h > MAX_READ_PIXELS:
             raise UserError(f"{self.path}: a {w} x {h} px read of level {level} is more than her2 "
                             f"reads at once ({MAX_READ_PIXELS:.3g} px); check --mpp/--work-mpp")
-        out = np.full((h, w, 3), fill, dtype=np.uint8)
         x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, lw), min(y + h, lh)
-        if x1 > x0 and y1 > y0:
-            out[y0 - y:y1 - y, x0 - x:x1 - x] = self._read_block(level, x0, y0, x1, y1)
+        block = self._read_block(level, x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+        if (block is not None and block.shape == (h, w, 3) and block.dtype == np.uint8
+                and block.flags.c_contiguous and block.flags.writeable):
+            return block  # inside the level, a fresh array: no fill and no second copy
+        out = np.full((h, w, 3), fill, dtype=np.uint8)
+        if block is not None:
+            out[y0 - y:y1 - y, x0 - x:x1 - x] = block
         return out
 
     def read_level(self, level: int) -> np.ndarray:

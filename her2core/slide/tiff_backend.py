@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import threading
 import xml.etree.ElementTree as ET
+from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,6 +22,10 @@ import numpy as np
 from her2core.errors import UserError
 from her2core.slide.base import LevelView, Slide, to_rgb
 from her2core.slide.mpp import mpp_from_resolution
+
+#: Decoded TIFF tiles a slide keeps (see `TiffSlide._keep_decoded`): a fixed amount, so memory
+#: does not grow with the slide; 32 MiB holds two rows of 512² tiles of an 8k-wide level.
+DECODED_CACHE_BYTES = 32 * 2**20
 
 _UNIT_TO_UM = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6, "Å": 1e-4}
 
@@ -64,6 +71,11 @@ class TiffSlide(Slide):
         except UserError:
             self._tif.close()
             raise
+        self._direct = [_directly_decodable(lvl, self._layouts[i]) for i, lvl in enumerate(levels)]
+        self._decoded: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._decoded_bytes = 0
+        self._decoded_lock = threading.Lock()
+        self._fd = os.open(self.path, os.O_RDONLY) if any(p is not None for p in self._direct) else -1
         self._float_scale = self._decide_float_scale(series.dtype)
 
     def _decide_float_scale(self, dtype) -> float:
@@ -135,6 +147,8 @@ class TiffSlide(Slide):
         index = tuple(slice(y0, y1) if a == "Y" else slice(x0, x1) if a == "X" else
                       slice(None) if a in "SC" else 0 for a in axes)
         try:
+            if self._direct[level] is not None:
+                return self._decode_tiles(self._direct[level], x0, y0, x1, y1)
             block = np.asarray(self._arrays[level][index])
         except Exception as exc:  # noqa: BLE001 - tiles past the end of a truncated file
             first = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
@@ -144,10 +158,57 @@ class TiffSlide(Slide):
         order = [kept.index(a) for a in ("Y", "X", "S", "C") if a in kept]
         return np.transpose(block, order) if order != list(range(len(kept))) else block
 
+    def _decode_tiles(self, page, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        """The block from the TIFF tiles it overlaps, each read with one positioned read and
+        decoded by tifffile's own codec (the same pixels as through zarr). Why not zarr: its
+        event loop hands every chunk between threads, so reads took the GIL back and forth
+        and did not scale with threads; this path holds the GIL only between codec calls."""
+        th, tw, spp = page.tilelength, page.tilewidth, page.samplesperpixel
+        per_row = -(-page.imagewidth // tw)
+        out = np.empty((y1 - y0, x1 - x0, spp), page.dtype)
+        decode = page.decode
+        for tr in range(y0 // th, (y1 - 1) // th + 1):
+            for tc in range(x0 // tw, (x1 - 1) // tw + 1):
+                i = tr * per_row + tc
+                ya, yb = max(y0, tr * th), min(y1, (tr + 1) * th)
+                xa, xb = max(x0, tc * tw), min(x1, (tc + 1) * tw)
+                dst = out[ya - y0:yb - y0, xa - x0:xb - x0]
+                n = page.databytecounts[i]
+                if n == 0:  # a tile never written: zarr's fill value
+                    dst[...] = 0
+                    continue
+                key = (id(page), i)  # the page lives as long as the slide (self._direct)
+                with self._decoded_lock:
+                    tile = self._decoded.get(key)
+                    if tile is not None:
+                        self._decoded.move_to_end(key)
+                if tile is None:
+                    data = os.pread(self._fd, n, page.dataoffsets[i])
+                    if len(data) != n:
+                        raise EOFError(f"tile {i} ends past the end of the file")
+                    tile = decode(data, i, jpegtables=page.jpegtables)[0][0]
+                    self._keep_decoded(key, tile)
+                dst[...] = tile[ya - tr * th:yb - tr * th, xa - tc * tw:xb - tc * tw]
+        return out
+
+    def _keep_decoded(self, key: tuple[int, int], tile: np.ndarray) -> None:
+        """Keep the last DECODED_CACHE_BYTES of decoded tiles: overlapping inference tiles
+        and the next tile row need most TIFF tiles again (decoded ~4x each without this)."""
+        with self._decoded_lock:
+            if key in self._decoded:
+                return
+            self._decoded[key] = tile
+            self._decoded_bytes += tile.nbytes
+            while self._decoded_bytes > DECODED_CACHE_BYTES and len(self._decoded) > 1:
+                self._decoded_bytes -= self._decoded.popitem(last=False)[1].nbytes
+
     def _read_block(self, level: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         return to_rgb(self._level_block(level, x0, y0, x1, y1), self._float_scale)
 
     def close(self) -> None:
+        if getattr(self, "_fd", -1) >= 0:
+            os.close(self._fd)
+            self._fd = -1
         self._tif.close()
 
 
@@ -185,6 +246,25 @@ def _layout(path: Path, axes: str, shape: tuple) -> tuple[str, bool]:
     kept = [a for a in axes if a in "YXSC"]
     plain = kept == ["Y", "X"] or (kept[:2] == ["Y", "X"] and dims[kept[-1]] in (3, 4))
     return axes, plain
+
+
+def _directly_decodable(level, layout: tuple[str, bool]):
+    """The level's one TIFF page when its tiles can be decoded straight into (row, col, RGB)
+    uint8 (`TiffSlide._decode_tiles`); None: read through zarr (strips, planar, stacks, ...)."""
+    pages = getattr(level, "pages", None)
+    if not layout[1] or pages is None or len(pages) != 1:
+        return None
+    page = pages[0]
+    if not getattr(page, "is_tiled", False) or page.dtype != np.uint8 or page.planarconfig != 1:
+        return None
+    if page.imagedepth != 1 or page.samplesperpixel != 3 or page.tiledepth != 1:
+        return None
+    if tuple(level.shape) != (page.imagelength, page.imagewidth, 3):
+        return None
+    fh = page.parent.filehandle
+    if not fh.is_file or getattr(fh, "_offset", 0) != 0:  # a file embedded in another
+        return None
+    return page
 
 
 _AXIS_NAMES = {"Z": "Z planes", "T": "time points", "Q": "planes", "I": "images", "R": "tiles"}

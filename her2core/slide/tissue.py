@@ -45,7 +45,18 @@ def glass_pixels(rgb: np.ndarray, *, max_saturation: float = GLASS_MAX_SATURATIO
 
 
 def is_empty_tile(rgb: np.ndarray, max_tissue: float = EMPTY_MAX_TISSUE) -> bool:
-    """True when (almost) no pixel of an RGB uint8 tile is tissue by the glass rule."""
+    """True when (almost) no pixel of an RGB uint8 tile is tissue by the glass rule.
+
+    The top eighth of the tile is looked at first: when it alone holds enough tissue, the
+    whole tile does (tissue only adds up), so most tissue tiles of a slide cost an eighth
+    of the rule; the answer is the same as the rule's on the whole tile, bit for bit.
+    """
+    n = rgb.shape[0] * rgb.shape[1] if rgb.ndim == 3 else 0
+    if n and rgb.shape[0] >= 64:
+        head = rgb[:rgb.shape[0] // 8]
+        tissue = head.shape[0] * head.shape[1] - int(np.count_nonzero(glass_pixels(head)))
+        if float(1.0 - (n - tissue) / n) >= max_tissue:  # at most n - tissue glass pixels
+            return False
     return float(1.0 - glass_pixels(rgb).mean()) < max_tissue
 
 
