@@ -44,6 +44,24 @@ def confidence_path(virtual_path: str | Path) -> Path:
     return p.with_name(name + ".confidence.ome.tif")
 
 
+@dataclass(frozen=True)
+class ConfidenceFiles:
+    """Where the confidence outputs of one virtual slide live (named once, here)."""
+
+    pyramid: Path  # virtual.confidence.ome.tif
+    carrier: Path  # the hidden RGB slide the pyramid is made from; a kill resumes from it
+    rois_json: Path  # per-ROI summaries
+    rois_geojson: Path  # the same as QuPath measurements (only with ROIs)
+
+
+def confidence_files(virtual_path: str | Path) -> ConfidenceFiles:
+    out = confidence_path(virtual_path)
+    stem = out.name.split(".")[0]
+    return ConfidenceFiles(out, out.with_name(f".{out.name}.rgb.ome.tif"),
+                           out.with_name(f"{stem}.confidence_rois.json"),
+                           out.with_name(f"{stem}.confidence_rois.geojson"))
+
+
 @dataclass
 class ConfidenceTranslator(Translator):
     """A Translator whose 'image' is the confidence (R = G = uint8 confidence, B = 0)."""
@@ -120,8 +138,8 @@ def translate_slide_confidence(run, slide_path, virtual_path, options: Inference
     """
     from her2core.inference.slide import translate_slide
 
-    out = confidence_path(virtual_path)
-    rgb = out.with_name(f".{out.name}.rgb.ome.tif")  # the carrier; a kill resumes from it
+    files = confidence_files(virtual_path)
+    out, rgb = files.pyramid, files.carrier
     # an output whose carrier is still beside it was killed before its summaries: finish them
     if out.exists() and not overwrite and not rgb.exists():
         raise UserError(f"{out}: output exists; pass --overwrite to replace it")
@@ -141,12 +159,11 @@ def translate_slide_confidence(run, slide_path, virtual_path, options: Inference
                                        {"confidence": translator.estimator.describe()})
     from her2core.util.atomic import write_json
 
-    write_json(out.with_name(out.name.split(".")[0] + ".confidence_rois.json"), summary)
+    write_json(files.rois_json, summary)
     if features:
         from her2core.qupath.geojson import write_features
 
-        write_features(out.with_name(out.name.split(".")[0] + ".confidence_rois.geojson"),
-                       _with_measurements(features, summary["rois"]))
+        write_features(files.rois_geojson, _with_measurements(features, summary["rois"]))
     rgb.unlink()
     return out
 

@@ -41,7 +41,11 @@ from typing import Any
 
 from her2core.errors import UserError
 from her2core.inference.confidence import ConfidenceSettings
-from her2core.inference.confidence_out import translate_slide_confidence
+from her2core.inference.confidence_out import (
+    confidence_files,
+    confidence_translator,
+    translate_slide_confidence,
+)
 from her2core.inference.options import InferenceOptions
 from her2core.inference.slide import Team, translate_slide
 from her2core.tiling.cases import Case, read_cases_csv
@@ -116,8 +120,6 @@ def run_batch(run, cases_csv: str | Path, out_dir: str | Path,
                    "metric_tile": int(metric_tile)}
             conf_translator = None
             if confidence is not None:
-                from her2core.inference.confidence_out import confidence_translator
-
                 conf_translator = confidence_translator(translator, o, settings=confidence,
                                                         runs=runs)
                 described = conf_translator.describe()
@@ -164,13 +166,8 @@ def _read_dict(path: Path) -> dict:
 
 def _drop_confidence(virtual: Path) -> None:
     """A redone virtual slide's old confidence outputs (and carrier) no longer describe it."""
-    from her2core.inference.confidence_out import confidence_path
-
-    conf = confidence_path(virtual)
-    stem = conf.name.split(".")[0]
-    for p in (conf, conf.with_name(f".{conf.name}.rgb.ome.tif"),
-              conf.with_name(f"{stem}.confidence_rois.json"),
-              conf.with_name(f"{stem}.confidence_rois.geojson")):
+    files = confidence_files(virtual)
+    for p in (files.pyramid, files.carrier, files.rois_json, files.rois_geojson):
         p.unlink(missing_ok=True)
 
 
@@ -275,13 +272,10 @@ def _finish_case(case: Case, case_dir: Path, virtual: Path, metric_tile: int, jo
     write_features(case_dir / ROIS_NAME, features)
     outputs = [VIRTUAL_NAME, ROIS_NAME]
     if "confidence" in job:
-        from her2core.inference.confidence_out import confidence_path
-
-        conf = confidence_path(virtual)
-        stem = conf.name.split(".")[0]
-        outputs += [conf.name, f"{stem}.confidence_rois.json"]
+        files = confidence_files(virtual)
+        outputs += [files.pyramid.name, files.rois_json.name]
         if case.rois is not None:
-            outputs.append(f"{stem}.confidence_rois.geojson")
+            outputs.append(files.rois_geojson.name)
     result: dict = {"case": case.case, "status": "translated"}
     if case.her2_registered is not None:
         metrics = slide_metrics(virtual, case.her2_registered, case.rois, tile=metric_tile)

@@ -56,20 +56,25 @@ class Progress:
 
     def within(self, prefix: str) -> Progress:
         """The same listener and cancel, with stage names prefixed (`case03: register`)."""
-        parent = self
+        return _Prefixed(self, prefix)
 
-        class _Prefixed(Progress):
-            @property
-            def cancelled(self) -> bool:
-                return parent.cancelled
 
-            def stop(self) -> None:
-                parent.stop()
+class _Prefixed(Progress):
+    """A sub-job's view of its parent: reports go up with the prefix, stops are shared."""
 
-            def update(self, stage: str, done: int, total: int) -> None:
-                parent.update(f"{prefix}: {stage}" if stage else prefix, done, total)
+    def __init__(self, parent: Progress, prefix: str):
+        super().__init__()
+        self._parent, self._prefix = parent, prefix
 
-        return _Prefixed()
+    @property
+    def cancelled(self) -> bool:
+        return self._parent.cancelled
+
+    def stop(self) -> None:
+        self._parent.stop()
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        self._parent.update(f"{self._prefix}: {stage}" if stage else self._prefix, done, total)
 
 
 def ensure(progress: Progress | None) -> Progress:
