@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -278,6 +279,31 @@ def test_decoded_tiles_are_reused_within_a_fixed_budget(tmp_path, he_image, monk
     with open_slide(path) as s:
         np.testing.assert_array_equal(s.read_region((0, 0), 0, (900, 700)), he_image)
         assert s._decoded_bytes <= tiff_backend.DECODED_CACHE_BYTES and len(s._decoded) == 5
+
+
+def test_threads_reading_overlapping_regions_decode_each_tiff_tile_once(tmp_path, he_image,
+                                                                       monkeypatch):
+    """Neighbouring inference tiles need the same TIFF tiles at the same moment: a second
+    thread waits for the first one's decoding (or does its other tiles first), never repeats
+    it, and every thread gets the right pixels."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = write_pyramid(tmp_path / "p.ome.tif", he_image, mpp=0.5, tile=128, min_size=128)
+    reads = []
+    pread = os.pread
+
+    def slow_pread(fd, n, off):  # a slow decode makes the threads collide on the same tiles
+        reads.append(off)
+        time.sleep(0.002)
+        return pread(fd, n, off)
+
+    monkeypatch.setattr(os, "pread", slow_pread)
+    boxes = [(x, y) for y in range(0, 500, 96) for x in range(0, 700, 96)]
+    with open_slide(path) as s, ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(lambda xy: s.read_region(xy, 0, (200, 200)), boxes))
+    for (x, y), img in zip(boxes, got):
+        np.testing.assert_array_equal(img, he_image[y:y + 200, x:x + 200])
+    assert len(reads) == len(set(reads))  # each tile decoded once (the cache holds them all)
 
 
 @pytest.mark.parametrize("shape", [(512, 512), (256, 384), (100, 70), (63, 63)])
