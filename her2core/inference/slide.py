@@ -32,6 +32,7 @@ blends and writes. The bytes equal those of one process.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import itertools
 import queue
@@ -56,8 +57,12 @@ from her2core.qupath.rois import as_roi
 from her2core.slide.tissue import is_empty_tile
 from her2core.slide.writer import default_workers
 from her2core.util.progress import Progress, ensure
+from her2core.util.workpool import WorkPool
 
-FORMAT_VERSION = 3  # 2: the raw output is stored inverted (unwritten = white); 3: in column strips
+_OUTPUT, _READ = 0, 1  # WorkPool lanes: blending and encoding run before reading ahead
+
+FORMAT_VERSION = 4  # 2: the raw output is stored inverted (unwritten = white); 3: in column strips;
+# 4: separable blending (other rounding: a version-3 journal must not be resumed into it)
 
 
 @dataclass
@@ -160,13 +165,16 @@ def translate_slide(run, slide_path: str | Path, out_path: str | Path,
                                (len(mine) - len(todo)) * plan.cols.count)
             # the leader blends block rows and streams them into the pyramid as tile rows are
             # committed (in a background thread when alone; after the barrier with several ranks)
+            # one budget of `workers` threads for all CPU work: blending and pyramid encoding
+            # first (the output keeps pace with the model), then reading ahead
+            pool = stack.enter_context(WorkPool(workers, "her2-work"))
             finisher = _Finisher(plan, wd, out_path, _output_properties(plan, translator, slide_path),
-                                 workers=workers, pyramid_tile=o.pyramid_tile,
+                                 pool=pool, workers=workers, pyramid_tile=o.pyramid_tile,
                                  background=team.world == 1) if is_leader else None
             try:
                 try:
                     for k in _translate_rows(slide, plan, translator, wd, todo, batch_size, seed, bar,
-                                             workers):
+                                             pool, workers):
                         if finisher is not None and team.world == 1:
                             finisher.row_committed(k)  # raises a blending/writing error early
                 finally:
@@ -188,29 +196,29 @@ def _file_identity(p: Path) -> dict:
     return {"name": p.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _prefetch(items: Iterable, fn: Callable, ahead: int, workers: int) -> Iterator:
-    """fn(item) for each item, in order, computed up to `ahead` items in advance by threads."""
+def _prefetch(items: Iterable, fn: Callable, ahead: int, pool) -> Iterator:
+    """fn(item) for each item, in order, computed up to `ahead` items in advance in `pool`."""
     it = iter(items)
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="her2-read") as ex:
-        queue: deque = deque()
-        try:
-            for item in it:
-                queue.append(ex.submit(fn, item))
-                if len(queue) >= ahead:
-                    break
-            while queue:
-                fut = queue.popleft()
-                nxt = next(it, None)
-                if nxt is not None:
-                    queue.append(ex.submit(fn, nxt))
-                yield fut.result()
-        finally:
-            for f in queue:
-                f.cancel()
+    pending: deque = deque()
+    try:
+        for item in it:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= ahead:
+                break
+        while pending:
+            fut = pending.popleft()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.submit(fn, nxt))
+            yield fut.result()
+    finally:
+        for f in pending:
+            f.cancel()
 
 
 def _translate_rows(slide, plan: RegionPlan, translator, wd: WorkDir, rows: list[int],
-                    batch_size: int, seed: int, bar: _TileCounter, workers: int) -> Iterator[int]:
+                    batch_size: int, seed: int, bar: _TileCounter, pool: WorkPool,
+                    workers: int) -> Iterator[int]:
     """Translate the given tile rows into row files; yields each row index once it is committed."""
     n_cols = plan.cols.count
     glass = TissueIndex(slide)
@@ -226,7 +234,7 @@ def _translate_rows(slide, plan: RegionPlan, translator, wd: WorkDir, rows: list
         return k, j, (None if is_empty_tile(img) else img)
 
     items = ((k, j) for k in rows for j in range(n_cols))
-    reader = _prefetch(items, read, ahead=2 * batch_size + 2 * workers, workers=workers)
+    reader = _prefetch(items, read, ahead=2 * batch_size + 2 * workers, pool=pool.lane(_READ))
     # row files are written by a thread of their own, so the model's thread goes straight
     # back to the next batch (on a GPU: the device does not wait for the disk)
     io = ThreadPoolExecutor(1, thread_name_prefix="her2-rows")
@@ -331,12 +339,12 @@ class _Finisher:
     advanced only after the blocks it counts are in the raw file (the journal).
     """
 
-    AHEAD = 1  # tile rows the model may be ahead of blending
+    AHEAD = 2  # tile rows the model may be ahead of blending
     CHUNK_STRIPS = (2, 8)  # raw-file strips a blending job takes (its tiles are read once):
     # as many as give every worker two jobs a block row, within these bounds
 
     def __init__(self, plan: RegionPlan, wd: WorkDir, out_path: Path, properties: dict, *,
-                 workers: int, pyramid_tile: int, background: bool):
+                 pool: WorkPool, workers: int, pyramid_tile: int, background: bool):
         from her2core.slide.writer import PyramidStream
 
         self.plan, self.wd = plan, wd
@@ -361,12 +369,13 @@ class _Finisher:
         self.frontier = rows.block(self.m - 1)[1] if self.m > 0 else 0  # rows [0, frontier) final
         self.written = np.zeros((n, len(self._strip_spans)), dtype=bool)
         self.written[:self.m + 1] = True
-        self._row_spans = self._band_spans
-        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="her2-blend")
+        self._band_starts, self._band_ends = cuts[:-1], cuts[1:]
+        self.pool = pool.lane(_OUTPUT)  # the job's threads (the caller shuts them down)
         self.stream = PyramidStream(out_path, self.raw, mpp=plan.work_mpp, tile=pyramid_tile,
                                     origin_xy=(float(plan.x0), float(plan.y0)),
                                     properties=properties, workers=workers,
-                                    known_white=self._never_written, scratch_dir=wd.path)
+                                    known_white=self._never_written, scratch_dir=wd.path,
+                                    pool=pool.lane(_OUTPUT))
         # a resumed job: the rows already final go into the pyramid first
         self.stream.advance(self.frontier)
         self.error: BaseException | None = None
@@ -440,11 +449,13 @@ class _Finisher:
                 self._progress.notify_all()
 
     def _never_written(self, r0: int, r1: int, c0: int, c1: int) -> bool:
-        """No strip overlapping output rows [r0, r1) x cols [c0, c1) was written: it is white."""
-        rs, cs = self._row_spans, self._strip_spans
-        in_r = (rs[:, 0] < r1) & (rs[:, 1] > r0)
-        in_c = (cs[:, 0] < c1) & (cs[:, 1] > c0)
-        return not self.written[np.ix_(in_r, in_c)].any()
+        """No strip overlapping output rows [r0, r1) x cols [c0, c1) was written: it is white.
+        (Bands are sorted and contiguous, strips regular: the overlapping ones are found by
+        bisection and division; this runs for every level-0 tile of the pyramid.)"""
+        lo = bisect.bisect_right(self._band_ends, r0)  # first band ending after r0
+        hi = bisect.bisect_left(self._band_starts, r1)  # first band starting at or after r1
+        s0, s1 = c0 // self.strip, -(-c1 // self.strip)
+        return not self.written[lo:hi, s0:s1].any()
 
     def _blend_chunk(self, m: int, r: tuple[int, int], chunk: tuple[int, int],
                      readers: dict) -> None:
@@ -458,7 +469,9 @@ class _Finisher:
         stored = {(k, j) for k in ks for j in js if not readers[k].is_white(j)}
         if not stored:
             return  # the raw file reads white where nothing was written
-        tiles = {kj: readers[kj[0]].tile_at(kj[1]) for kj in sorted(stored)}
+        need = {k: (max(r[0], rows.position(k)) - rows.position(k),
+                    min(r[1], rows.position(k) + rows.tile) - rows.position(k)) for k in ks}
+        tiles = {kj: readers[kj[0]].tile_at(kj[1], need[kj[0]]) for kj in sorted(stored)}
 
         def get(k: int, j: int) -> np.ndarray:
             return tiles.get((k, j), self.white)
@@ -476,12 +489,11 @@ class _Finisher:
         if self.m < self.plan.rows.count:  # pragma: no cover - would be a journal bug
             raise RuntimeError(f"{self.wd.path}: tile rows missing after translation; "
                                "delete it and rerun")
-        self.pool.shutdown()
         out = self.stream.close()
         # the output is in place: the raw file's name goes at once, its space is freed in the
         # background (the pyramid was finished ~50 ms sooner for an 8k slide)
         self.raw.unlink()
-        self.wd.remove()  # before the freeing starts (it would hold up the folder's removal)
+        self.wd.remove(in_background=True)  # the last row files' space too
         self.raw.close(in_background=True)
         return out
 
@@ -489,7 +501,6 @@ class _Finisher:
         """Stop blending (the journal stays consistent) and drop the half-written pyramid."""
         with contextlib.suppress(BaseException):  # the caller's exception is the one to raise
             self._stop_thread()
-        self.pool.shutdown(cancel_futures=True)
         self.stream.abort()
         self.raw.close()  # the file stays: it is the journal
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from her2core.slide.writer import RawImage
+from her2core.slide.writer import RawImage, close_in_background
 from her2core.util.atomic import write_json
 from her2core.util.outputs import UNWRITABLE, unwritable
 
@@ -64,8 +64,18 @@ class WorkDir:
     def exists(self) -> bool:
         return (self.path / "plan.json").exists()
 
-    def remove(self) -> None:
+    def remove(self, *, in_background: bool = False) -> None:
+        """Delete the folder. `in_background`: its names go at once, the space of the files
+        still in it (the last tile rows) is freed by a thread (`close_in_background`)."""
+        fds = []
+        if in_background:
+            with contextlib.suppress(OSError):
+                for entry in os.scandir(self.path):
+                    if entry.is_file(follow_symlinks=False):
+                        with contextlib.suppress(OSError):
+                            fds.append(os.open(entry.path, os.O_RDONLY))
         shutil.rmtree(self.path, ignore_errors=True)
+        close_in_background(fds)
 
     # -- tile rows --------------------------------------------------------
     def row_path(self, k: int) -> Path:
@@ -179,13 +189,17 @@ class RowReader:
     def is_white(self, j: int) -> bool:
         return not self.flags[j]
 
-    def tile_at(self, j: int) -> np.ndarray | None:
+    def tile_at(self, j: int, rows: tuple[int, int] | None = None) -> np.ndarray | None:
+        """Column j's (T, T, 3) tile; with `rows` = (a, b) only its rows [a, b) are read (the
+        others are undefined): a band needs 1/8 of the tile row above it, not all of it."""
         if not self.flags[j]:
             return None
+        a, b = rows if rows is not None else (0, self.tile)
         out = np.empty((self.tile, self.tile, 3), np.uint8)
-        view = memoryview(out).cast("B")
-        offset, done = int(self.index[j]) * self.nbytes, 0
-        while done < self.nbytes:
+        row_bytes = self.tile * 3
+        view = memoryview(out).cast("B")[a * row_bytes:b * row_bytes]
+        offset, done, want = int(self.index[j]) * self.nbytes + a * row_bytes, 0, (b - a) * row_bytes
+        while done < want:
             n = os.preadv(self._fd, [view[done:]], offset + done)
             if n <= 0:
                 raise RuntimeError(f"{self.path}: damaged row file; delete the work folder and rerun")

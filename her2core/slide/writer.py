@@ -24,6 +24,7 @@ level-0 offset in its source slide) and other properties into a `her2core` map a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -32,13 +33,14 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
 
 from her2core.util.atomic import atomic_path
 from her2core.util.outputs import UNWRITABLE, unwritable
+from her2core.util.workpool import WorkPool
 
 #: Deflate level of 'zlib' compression: level 1 of libdeflate writes ~3x faster than zlib's
 #: default 6 with files about as small as zlib's level 6.
@@ -201,12 +203,21 @@ class RawImage:
         if fd < 0:
             return
         if in_background:
-            threading.Thread(target=os.close, args=(fd,), name="her2-free", daemon=True).start()
+            close_in_background([fd])
         else:
             os.close(fd)
 
     def __del__(self):
         self.close()
+
+
+def close_in_background(fds: list[int]) -> None:
+    """Close file descriptors of unlinked files in a thread of their own: the kernel frees a
+    file's pages at its last close (~10 ms per 30 MB), which need not hold up the caller;
+    if the process ends first, the kernel frees them at exit and nothing is left behind."""
+    if fds:
+        threading.Thread(target=lambda: [os.close(fd) for fd in fds], name="her2-free",
+                         daemon=True).start()
 
 
 def _positioned(io, fd: int, arr: np.ndarray, offset: int) -> None:
@@ -243,6 +254,8 @@ class PyramidStream:
     `known_white(r0, r1, c0, c1)`, if given, says a final level-0 rectangle is white without
     reading it (slide inference knows which blocks it never wrote: glass costs nothing).
     Lower levels wait in a temporary folder in `scratch_dir` (default: beside `path`).
+    `pool`: encode in the caller's `WorkPool` lane (it stays open) instead of `workers`
+    threads of the stream's own.
     """
 
     QUEUE_ROWS = 2  # level-0 tile rows of encoding in flight (see the semaphore below)
@@ -253,7 +266,7 @@ class PyramidStream:
                  name: str | None = None, workers: int | None = None,
                  progress: Callable[[int, int], None] | None = None,
                  known_white: Callable[[int, int, int, int], bool] | None = None,
-                 scratch_dir: str | Path | None = None):
+                 scratch_dir: str | Path | None = None, pool=None):
         self.path = Path(path)
         h, w = int(source.shape[0]), int(source.shape[1])
         if source.ndim != 3 or source.shape[2] != 3:
@@ -283,7 +296,10 @@ class PyramidStream:
                                    for i, (lh, lw) in enumerate(self.shapes[1:], start=1)]
         for store in self._stores[1:]:
             store.unlink()  # nameless from the start: nothing left behind, freed in the background
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="her2-pyramid")
+        # the caller's pool (slide inference: one budget of threads for reading, blending and
+        # encoding; FIFO, so a tile's dependencies, queued before it, are running or done)
+        self._own_pool = pool is None
+        self._pool = pool or WorkPool(workers, "her2-pyramid")
         self._writer = threading.Thread(
             target=self._write, name="her2-pyramid-writer", daemon=True,
             args=(self._tiff_options(mpp, compression, origin_xy, properties, name),))
@@ -465,7 +481,20 @@ class PyramidStream:
         self._shutdown()
 
     def _shutdown(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._own_pool:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        else:  # the caller's pool goes on: cancel this stream's tiles, wait for the running ones
+            pending = []
+            while True:
+                try:
+                    _, fut = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if fut is not None and not fut.cancel():
+                    pending.append(fut)
+            for fut in pending:
+                with contextlib.suppress(BaseException):
+                    fut.result()
         if self._writer.is_alive():
             self._queue.put((None, None))
             self._writer.join()
