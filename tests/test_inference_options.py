@@ -28,10 +28,10 @@ def test_both_commands_build_the_same_options_with_the_same_defaults(command):
     assert inference_options(_parsed(*command)) == InferenceOptions()
     given = ["--steps", "7", "--scheduler", "euler", "--batch-size", "3", "--seed", "11",
              "--work-mpp", "0.5", "--tile", "128", "--overlap", "16", "--precision", "fp32",
-             "--device", "cpu"]
+             "--device", "cpu", "--workers", "3"]
     assert inference_options(_parsed(*command, *given)) == InferenceOptions(
         steps=7, scheduler="euler", batch_size=3, seed=11, work_mpp=0.5, tile=128, overlap=16,
-        precision="fp32", device="cpu")
+        precision="fp32", device="cpu", workers=3)
 
 
 def test_translate_keeps_mpp_batch_has_none(capsys):
@@ -44,7 +44,8 @@ def test_translate_keeps_mpp_batch_has_none(capsys):
 
 @pytest.mark.parametrize("option, value", [("--tile", "0"), ("--overlap", "-1"),
                                            ("--batch-size", "0"), ("--seed", "-2"),
-                                           ("--work-mpp", "nan"), ("--precision", "fp8")])
+                                           ("--work-mpp", "nan"), ("--precision", "fp8"),
+                                           ("--workers", "0")])
 def test_bad_values_are_one_argparse_line_in_both_commands(option, value, capsys):
     for argv in (["translate", "--run", "r", "--slide", "s.tif", "--out", "o.ome.tif"],
                  ["batch", "c.csv", "--run", "r", "--out", "o"]):

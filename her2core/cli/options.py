@@ -172,6 +172,9 @@ def add_inference_arguments(p: argparse.ArgumentParser, *, slide_mpp: bool = Tru
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto: bf16 on CUDA that supports it, else fp32")
     p.add_argument("--device", type=device, default=None, help=device_help)
+    p.add_argument("--workers", type=int_range(1, 64), default=None,
+                   help="CPU threads of the slide pipeline, shared by reading, blending and "
+                        "pyramid encoding (default: the cores, up to 8)")
 
 
 def inference_options(args: argparse.Namespace) -> InferenceOptions:
@@ -180,7 +183,7 @@ def inference_options(args: argparse.Namespace) -> InferenceOptions:
                             batch_size=args.batch_size, seed=args.seed,
                             slide_mpp=getattr(args, "mpp", None), work_mpp=args.work_mpp,
                             tile=args.tile, overlap=args.overlap, device=args.device,
-                            precision=args.precision)
+                            precision=args.precision, workers=getattr(args, "workers", None))
 
 
 def add_confidence_arguments(p: argparse.ArgumentParser, what: str) -> None:

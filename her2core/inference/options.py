@@ -39,7 +39,8 @@ class InferenceOptions:
     not record it. work_mpp: µm/px to translate at (None: the run's). tile, overlap: tile side
     and blending overlap in working pixels. device: "cpu", "cuda:1", ... (None: the best).
     precision: auto | fp32 | bf16 | fp16. pyramid_tile: the output pyramid's tile side.
-    workers: reading/blending/encoding threads (None: the cores, up to 8).
+    workers: the slide pipeline's CPU threads, one pool for reading, blending and encoding
+    (None: the cores, up to 8).
     Each field is checked on its own here; `overlap` against `tile` where a slide is planned
     (`region.plan_region`), since tile folders use neither.
     """

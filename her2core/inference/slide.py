@@ -3,7 +3,10 @@
     translate_slide(run, "he.ome.tif", "virtual.ome.tif", InferenceOptions(seed=3), roi=features)
 
 How it stays seamless, bounded, resumable, and keeps up with a GPU:
-  * tiles (T, overlap O) are read at the model's working mpp by `workers` threads;
+  * all CPU work runs on one `WorkPool` of `workers` threads (the cores, up to 8): reading
+    and decoding, blending and pyramid encoding draw on the same threads, the output's
+    work first (so the pyramid keeps pace with the model), reading ahead when none waits;
+  * tiles (T, overlap O) are read at the model's working mpp in that pool;
     background tiles (glass on a low-resolution level or at full resolution, and
     tiles outside the ROI) are not run and come out white, the rest go through the
     model in batches of `batch_size` tiles of one tile row (stacked into page-locked
@@ -12,11 +15,11 @@ How it stays seamless, bounded, resumable, and keeps up with a GPU:
     by a thread of its own; as soon as tile row k exists, output band k (rows from
     tile k's top to tile k+1's: the overlap with row k-1, then what tile k alone
     covers) is blended (`blend.blend_block`, in jobs of whole column strips of the raw
-    file on `workers` threads, each strip one write) into a raw file on disk and row
-    k-1 is deleted; the model waits when blending is more than a row behind, so row
-    files stay few;
+    file, each strip one write; of row k-1 only the rows it shares are read) into a raw
+    file on disk and row k-1 is deleted; the model waits when blending is more than
+    `AHEAD` rows behind, so row files stay few;
   * each band goes straight into a `PyramidStream`, which encodes its tiles (each one
-    read of the strip-laid raw file) and builds the lower levels in threads as it goes:
+    read of the strip-laid raw file) and builds the lower levels in the pool as it goes:
     the tiled pyramidal OME-TIFF (working mpp, the region's level-0 origin) is finished
     a moment after the last band (the last tile row's).
 Memory is a few tiles plus the batch, whatever the slide size. A rerun with the
